@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="toolkit",
+    version="0.1.0",
+    description="Train a useful deep-learning model in three lines and ship it "
+                "(activity classifier on mxnet Gluon, Core ML export).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["toolkit", "toolkit.*"]),
+    python_requires=">=3.8",
+    install_requires=[
+        # mxnet 1.x breaks on numpy >= 1.24 (np.bool); 1.5.1 .. 1.9.1 all work here.
+        "mxnet>=1.5.1,<2",
+        "numpy>=1.23.2,<1.24",
+        "pandas>=2,<3",
+        "coremltools==9.0",
+        "safetensors>=0.4",
+        "Pillow",
+        "scikit-learn",
+        "tqdm",
+    ],
+    extras_require={
+        # Real data sets read from packages (no download at run time).
+        "data": ["seglearn==1.2.5"],
+        "test": [
+            "pytest",
+            "hypothesis",
+            "seglearn==1.2.5",
+            # Executes exported Core ML models on Linux (see tests/coreml_check.py);
+            # onnxmltools 1.11.2 and its helpers are installed with --no-deps by .ci/run
+            # because newer onnxmltools have a broken Core ML converter.
+            "onnxruntime",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+        ],
+    },
+    entry_points={"console_scripts": ["toolkit=toolkit.__main__:main"]},
+)

@@ -1,0 +1,100 @@
+"""Classification metrics shared by the classifiers (computed with scikit-learn)."""
+
+import warnings
+
+import numpy as np
+
+from .errors import InvalidParameterError
+
+
+class ToolkitWarning(UserWarning):
+    """A warning from the toolkit (data quietly fixed, labels unseen in training...)."""
+
+
+CLASSIFIER_METRICS = ("accuracy", "auc", "precision", "recall", "f1_score", "log_loss",
+                      "confusion_matrix", "roc_curve")
+
+
+def check_metric(metric):
+    if metric == "auto":
+        return list(CLASSIFIER_METRICS)
+    names = [metric] if isinstance(metric, str) else list(metric)
+    bad = [m for m in names if m not in CLASSIFIER_METRICS]
+    if bad:
+        raise InvalidParameterError(
+            f"Unknown metric {bad[0]!r}; choose 'auto' or from {', '.join(CLASSIFIER_METRICS)}.")
+    return names
+
+
+def classifier_metrics(y_true, probs, classes, metric="auto"):
+    """Evaluate predictions of a classifier.
+
+    Parameters
+    ----------
+    y_true : array of labels (any hashable values)
+    probs : ndarray (n, C), probabilities in ``classes`` order
+    classes : list of the model's classes (sorted)
+
+    Labels never seen in training are reported (``unseen_labels``, and a
+    warning); they count as errors in accuracy and the confusion matrix, and
+    the rows holding them are left out of ``auc``, ``log_loss`` and
+    ``roc_curve``, which need a probability for the true class.
+    Averaged metrics (precision, recall, f1, auc) are macro averages over the
+    model's classes.
+    """
+    import pandas as pd
+    from sklearn import metrics as skm
+
+    names = check_metric(metric)
+    classes = list(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    y_true = np.asarray(y_true, dtype=object)
+    known = np.array([y in index for y in y_true], dtype=bool)
+    pred_ids = probs.argmax(axis=1)
+    y_pred = np.array([classes[i] for i in pred_ids], dtype=object)
+    result = {}
+    unseen = {}
+    if not known.all():
+        vals, counts = np.unique(y_true[~known].astype(str), return_counts=True)
+        unseen = {v: int(c) for v, c in zip(vals, counts)}
+        warnings.warn(
+            f"{int((~known).sum())} row(s) have labels never seen in training "
+            f"({', '.join(unseen)}); they count as errors in accuracy and are left out of "
+            "auc, log_loss and roc_curve.", ToolkitWarning, stacklevel=3)
+    result["unseen_labels"] = unseen
+    true_ids = np.array([index.get(y, -1) for y in y_true])
+    label_ids = list(range(len(classes)))
+    if "accuracy" in names:
+        result["accuracy"] = float(np.mean(true_ids == pred_ids))
+    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score),
+                     ("f1_score", skm.f1_score)):
+        if name in names:
+            result[name] = float(fn(true_ids, pred_ids, labels=label_ids, average="macro",
+                                    zero_division=0))
+    kt, kp = true_ids[known], probs[known]
+    if "log_loss" in names:
+        p = np.clip(kp[np.arange(len(kt)), kt], 1e-15, 1.0) if len(kt) else np.array([np.nan])
+        result["log_loss"] = float(-np.mean(np.log(p)))
+    if "auc" in names:
+        aucs = []
+        for i in label_ids:
+            pos = kt == i
+            if pos.any() and (~pos).any():
+                aucs.append(skm.roc_auc_score(pos, kp[:, i]))
+        result["auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    if "confusion_matrix" in names:
+        frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
+        result["confusion_matrix"] = (frame.groupby(["target_label", "predicted_label"])
+                                      .size().rename("count").reset_index())
+    if "roc_curve" in names:
+        parts = []
+        for i in label_ids:
+            pos = kt == i
+            if pos.any() and (~pos).any():
+                fpr, tpr, thr = skm.roc_curve(pos, kp[:, i])
+                parts.append(pd.DataFrame({"class": classes[i], "threshold": thr,
+                                           "fpr": fpr, "tpr": tpr,
+                                           "p": int(pos.sum()), "n": int((~pos).sum())}))
+        result["roc_curve"] = (pd.concat(parts, ignore_index=True) if parts else
+                               pd.DataFrame(columns=["class", "threshold", "fpr", "tpr", "p", "n"]))
+    return result

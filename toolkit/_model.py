@@ -1,0 +1,157 @@
+"""Base model class, the task registry, migrations and ``load_model``.
+
+A task model class declares:
+
+* ``_TASK``: its stable name in files (``"activity_classifier"``); files never
+  name Python classes or modules;
+* ``_FILE_VERSION``: the newest file version it writes;
+* ``_MIGRATIONS``: ``{v: fn}`` where ``fn(state, weights) -> (state, weights)``
+  turns a version-``v`` file into a version ``v + 1`` one. Each is a small pure
+  function with a comment saying what changed in ``v + 1`` and why;
+* ``_get_state()`` -> ``(json_state, weights)`` and
+  ``_from_state(state, weights)`` (a classmethod that rebuilds the networks in
+  code and copies the weights in).
+"""
+
+import importlib
+
+from . import _model_file
+from .errors import (ModelFileError, UnknownTaskError, UnsupportedVersionError)
+
+# Stable task name -> "module:Class". Modules are imported only when a file of
+# that task is loaded, so loading never imports what it does not need.
+_TASKS = {
+    "activity_classifier": "toolkit.activity_classifier._model:ActivityClassifier",
+}
+
+
+def register_task(name, target):
+    """Register a task name -> model class (or ``"module:Class"`` string)."""
+    _TASKS[name] = target
+
+
+def _task_class(task, path=None, written_by=None):
+    target = _TASKS.get(task) if isinstance(task, str) else None
+    if target is None:
+        who = (written_by or {}).get("toolkit", "an unknown version")
+        raise UnknownTaskError(
+            f"{path or 'The file'} holds a model of task {task!r}, which this toolkit "
+            f"({_model_file._toolkit_version()}) does not know (known tasks: "
+            f"{', '.join(sorted(_TASKS))}). It was written by toolkit {who}; if that is newer, "
+            f"upgrade with `pip install -U {_model_file.PACKAGE_NAME}`.")
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+    return target
+
+
+def _version_gate(path):
+    """Return the gate run on the header before the checksum (see read_model_file)."""
+    def gate(header):
+        task = header.get("task")
+        cls = _task_class(task, path, header.get("written_by"))
+        version = header.get("file_version", 1)
+        if isinstance(version, int) and not isinstance(version, bool) \
+                and version > cls._FILE_VERSION:
+            who = header.get("written_by", {})
+            who = who.get("toolkit", "unknown") if isinstance(who, dict) else "unknown"
+            raise UnsupportedVersionError(
+                f"Cannot load '{path}': it is a {task} file of version {version}, written by "
+                f"toolkit {who}, but this toolkit ({_model_file._toolkit_version()}) reads "
+                f"{task} files up to version {cls._FILE_VERSION}. Upgrade the toolkit: "
+                f"`pip install -U {_model_file.PACKAGE_NAME}`.")
+    return gate
+
+
+def migrate(cls, version, state, weights):
+    """Run the migration chain from ``version`` up to ``cls._FILE_VERSION``."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"Invalid {cls._TASK} file version {version!r}.")
+    while version < cls._FILE_VERSION:
+        step = cls._MIGRATIONS.get(version)
+        if step is None:
+            raise ModelFileError(
+                f"No migration from {cls._TASK} file version {version} to {version + 1}; "
+                "this is a toolkit bug, please report it.")
+        state, weights = step(dict(state), dict(weights))
+        version += 1
+    return state, weights
+
+
+def open_model_file(path):
+    """Read and verify a model file, gating its versions. Returns a ModelFile."""
+    return _model_file.read_model_file(path, version_gate=_version_gate(path))
+
+
+def load_model(path):
+    """Load a model saved with ``model.save(path)``.
+
+    The file's version is checked first: a file from a newer toolkit is refused
+    with a :class:`~toolkit.errors.UnsupportedVersionError` telling you to
+    upgrade. Older files are migrated in memory. The networks are rebuilt in
+    code and the stored weights copied in.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Path of a file written by ``model.save``.
+
+    Returns
+    -------
+    Model
+        The model object of the task stored in the file.
+
+    Raises
+    ------
+    toolkit.errors.ModelFileError
+        Or one of its subclasses, for a missing, damaged, foreign or newer file.
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> model = tc.load_model('activity.model')  # doctest: +SKIP
+    """
+    mf = open_model_file(path)
+    cls = _task_class(mf.task, path)
+    # The "weights" section of a model file and of a checkpoint is the same.
+    weights = mf.tensors("weights")
+    state, weights = migrate(cls, mf.file_version, mf.state, weights)
+    return cls._from_state(state, weights)
+
+
+class Model:
+    """Base class of every task model: ``save``, ``summary``, field access."""
+
+    _TASK = None
+    _FILE_VERSION = 1
+    _MIGRATIONS = {}
+
+    def _get_state(self):
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, state, weights):
+        raise NotImplementedError
+
+    def save(self, path):
+        """Save the model to a single file, atomically.
+
+        The file holds the prediction network's weights and JSON settings only
+        (no code, no framework graph). An earlier file at ``path`` stays
+        intact if saving fails midway.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file; by convention ending in ``.model``.
+
+        Examples
+        --------
+        >>> model.save('activity.model')  # doctest: +SKIP
+        >>> same = toolkit.load_model('activity.model')  # doctest: +SKIP
+        """
+        state, weights = self._get_state()
+        header = _model_file.build_header(self._TASK, self._FILE_VERSION, state)
+        data = _model_file.serialize(
+            header, {"weights": _model_file.encode_tensors(weights)})
+        _model_file.atomic_write(path, data)

@@ -1,0 +1,101 @@
+"""Lazy mxnet access and the toolkit's structural parameter names.
+
+mxnet is imported on first use only, so ``import toolkit`` stays fast and
+works for ``python -m toolkit info`` without mxnet.
+
+Gluon names parameters with process-global prefixes (``lstm0_``,
+``hybridsequential3_``) that change with mxnet versions and with how many
+blocks a process created before. Model files never contain those names: they
+use *structural* names built from the attribute path of each parameter inside
+the network (``conv.weight``, ``lstm.l0_i2h_weight``), which depend only on
+the toolkit's own code.
+"""
+
+import os
+
+import numpy as np
+
+from .errors import WeightsMismatchError
+
+_mx = None
+
+
+def mx():
+    """Import and return the mxnet module (once)."""
+    global _mx
+    if _mx is None:
+        # Keep mxnet from spawning more OpenMP threads than the machine has
+        # before its first import; harmless if the user set it already.
+        os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+        import mxnet
+        _mx = mxnet
+    return _mx
+
+
+def cpu():
+    return mx().cpu()
+
+
+def structural_params(block, prefix=""):
+    """Return ``{structural_name: Parameter}`` for a Gluon block.
+
+    Walks the block's own registered parameters and its named children.
+    Children whose attribute name starts with ``_`` are implementation details
+    of mxnet (e.g. the unfused cells of an LSTM in mxnet 1.9) and are skipped;
+    their parameters are the same objects as the parent's anyway.
+    """
+    out = {}
+    for name, param in block._reg_params.items():
+        out[prefix + name] = param
+    for name, child in block._children.items():
+        if name.startswith("_"):
+            continue
+        out.update(structural_params(child, prefix + name + "."))
+    seen, unique = set(), {}
+    for name, param in out.items():
+        if id(param) not in seen:
+            seen.add(id(param))
+            unique[name] = param
+    return unique
+
+
+def get_weights(block):
+    """Structural name -> float32 numpy array of every parameter of ``block``."""
+    return {name: p.data().asnumpy().astype(np.float32)
+            for name, p in structural_params(block).items()}
+
+
+def set_weights(block, weights, what="model"):
+    """Copy named arrays into ``block`` strictly.
+
+    Every missing name, unexpected name and shape mismatch is collected and
+    reported in one :class:`WeightsMismatchError`; nothing is copied unless
+    everything fits. ``block`` must be freshly initialised (never run): mxnet's
+    CPU kernels may keep weights of a network that has run in an internal
+    layout that a plain copy does not handle.
+    """
+    params = structural_params(block)
+    missing = sorted(set(params) - set(weights))
+    unexpected = sorted(set(weights) - set(params))
+    wrong = []
+    for name in sorted(set(params) & set(weights)):
+        expected = tuple(params[name].shape)
+        got = tuple(np.shape(weights[name]))
+        if expected != got and not (0 in expected and len(expected) == len(got)):
+            wrong.append(f"{name}: expected {expected}, got {got}")
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing weights: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected weights: {', '.join(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches: {'; '.join(wrong)}")
+        raise WeightsMismatchError(
+            f"The stored weights do not fit the {what} network rebuilt from the file's settings "
+            f"({' | '.join(parts)}). The file is damaged or was edited.")
+    nd = mx().nd
+    for name, p in params.items():
+        # Networks are built with every input size given, so parameters are
+        # never deferred and set_data works right after initialize().
+        p.set_data(nd.array(np.asarray(weights[name], dtype=np.float32)))

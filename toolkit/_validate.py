@@ -1,0 +1,123 @@
+"""DataFrame, column and argument checks shared by every task.
+
+Every check raises a :mod:`toolkit.errors` error whose message names the
+argument or column, what was expected and what was received.
+"""
+
+import numbers
+
+import numpy as np
+
+from .errors import ColumnNotFoundError, DataError, InvalidParameterError
+
+
+def _preview(values, n=8):
+    values = list(values)
+    text = ", ".join(repr(v) for v in values[:n])
+    return text + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+def check_dataframe(dataset, name="dataset", allow_empty=False):
+    import pandas as pd
+    if not isinstance(dataset, pd.DataFrame):
+        raise InvalidParameterError(
+            f"'{name}' must be a pandas DataFrame, got {type(dataset).__name__}.")
+    if not allow_empty and len(dataset) == 0:
+        raise DataError(f"'{name}' is empty (0 rows); it needs at least one row.")
+    return dataset
+
+
+def check_column_name(value, argument):
+    if not isinstance(value, str):
+        raise InvalidParameterError(
+            f"'{argument}' must be a column name (str), got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_columns_exist(dataset, columns, argument, name="dataset"):
+    missing = [c for c in columns if c not in dataset.columns]
+    if missing:
+        raise ColumnNotFoundError(
+            f"{argument}: column{'s' if len(missing) > 1 else ''} {_preview(missing)} not found "
+            f"in '{name}'. Columns present: {_preview(dataset.columns, 20)}.")
+
+
+def check_int(value, argument, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidParameterError(
+            f"'{argument}' must be an int, got {type(value).__name__} {value!r}.")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidParameterError(f"'{argument}' must be {bounds}, got {value}.")
+    return value
+
+
+def check_bool(value, argument):
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"'{argument}' must be True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def check_choice(value, argument, choices):
+    if value not in choices:
+        raise InvalidParameterError(
+            f"'{argument}' must be one of {_preview(choices)}, got {value!r}.")
+    return value
+
+
+def check_seed(value):
+    if value is None:
+        return None
+    return check_int(value, "random_seed", 0, 2**32 - 1)
+
+
+def numeric_features(dataset, features, name="dataset"):
+    """Return the feature columns as a float32 (n, F) array, checking types and finiteness."""
+    import pandas as pd
+    cols = []
+    for col in features:
+        series = dataset[col]
+        if not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)):
+            raise DataError(
+                f"Feature column '{col}' must be numeric (int or float), got dtype "
+                f"{series.dtype} (first value {series.iloc[0]!r}). Convert it or leave it out "
+                "of 'features'.")
+        cols.append(series.to_numpy(dtype=np.float64, na_value=np.nan))
+    values = np.stack(cols, axis=1) if cols else np.zeros((len(dataset), 0))
+    bad = ~np.isfinite(values)
+    if bad.any():
+        for j, col in enumerate(features):
+            rows = np.flatnonzero(bad[:, j])
+            if len(rows):
+                if len(rows) == len(values):
+                    raise DataError(f"Feature column '{col}' in '{name}' is entirely NaN/missing.")
+                first = rows[0]
+                raise DataError(
+                    f"Feature column '{col}' in '{name}' has {len(rows)} missing or infinite "
+                    f"value(s) (NaN, None or inf); the first is at row {dataset.index[first]!r} "
+                    f"(value {values[first, j]!r}). Drop or fill those rows first, e.g. "
+                    f"dataset.dropna(subset=[{col!r}]).")
+    if np.abs(values).max(initial=0.0) > np.finfo(np.float32).max:
+        raise DataError(f"Feature values in '{name}' exceed the float32 range.")
+    return values.astype(np.float32)
+
+
+def check_labels(dataset, target, name="dataset"):
+    """Return the target column as a numpy array, refusing missing labels."""
+    series = dataset[target]
+    missing = series.isna().to_numpy()
+    if missing.any():
+        first = dataset.index[np.flatnonzero(missing)[0]]
+        raise DataError(
+            f"Target column '{target}' in '{name}' has {int(missing.sum())} missing label(s); "
+            f"the first is at row {first!r}. Drop those rows or label them.")
+    values = series.to_numpy()
+    kinds = {type(v).__name__ for v in values[:1000]}
+    if series.dtype == object and len({("str" if isinstance(v, str) else "num")
+                                       for v in values}) > 1:
+        raise DataError(
+            f"Target column '{target}' mixes strings and numbers ({', '.join(sorted(kinds))}); "
+            "use one type for all labels.")
+    return values

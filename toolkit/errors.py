@@ -1,0 +1,69 @@
+"""The toolkit's error family.
+
+Every error the toolkit raises on purpose is a :class:`ToolkitError`. The
+specific subclasses also derive from the builtin exception a Python user would
+naturally catch (``ValueError``, ``FileNotFoundError``, ...), so existing
+``except`` clauses keep working.
+"""
+
+
+class ToolkitError(Exception):
+    """Base class of every error raised by the toolkit on purpose."""
+
+
+# --- model files -----------------------------------------------------------
+
+class ModelFileError(ToolkitError, ValueError):
+    """A model file cannot be read or written."""
+
+
+class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
+    """The path given to ``load_model`` does not exist or is not a file."""
+
+
+class NotAModelFileError(ModelFileError):
+    """The file exists but is not a toolkit model file (a PNG, a pickle...)."""
+
+
+class CorruptModelFileError(ModelFileError):
+    """The file is a toolkit model file but is damaged (truncated, flipped bytes)."""
+
+
+class UnsupportedVersionError(ModelFileError):
+    """The file was written by a newer toolkit than this one."""
+
+
+class UnknownTaskError(ModelFileError):
+    """The file names a task this toolkit does not know."""
+
+
+class WeightsMismatchError(ModelFileError):
+    """The stored weights do not fit the network rebuilt from the stored settings."""
+
+
+# --- user input ------------------------------------------------------------
+
+class InvalidParameterError(ToolkitError, ValueError, TypeError):
+    """An argument has the wrong type or an out-of-range value."""
+
+
+class DataError(ToolkitError, ValueError):
+    """The data given to create/predict/evaluate cannot be used."""
+
+
+class ColumnNotFoundError(DataError, KeyError):
+    """A column named in the call is missing from the DataFrame."""
+
+    # KeyError.__str__ would wrap the message in quotes; a message is prose.
+    __str__ = Exception.__str__
+
+
+class NotFittedError(ToolkitError, AttributeError):
+    """A model object was used before it was trained or loaded."""
+
+
+class ExportError(ToolkitError, RuntimeError):
+    """Export to another format failed."""
+
+
+__all__ = [n for n in dir() if n.endswith("Error")]
