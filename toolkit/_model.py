@@ -16,7 +16,8 @@ A task model class declares:
 import importlib
 
 from . import _model_file
-from .errors import (ModelFileError, UnknownTaskError, UnsupportedVersionError)
+from .errors import (CorruptModelFileError, ModelFileError, UnknownTaskError,
+                     UnsupportedVersionError)
 
 # Stable task name -> "module:Class". Modules are imported only when a file of
 # that task is loaded, so loading never imports what it does not need.
@@ -66,7 +67,8 @@ def _version_gate(path):
 def migrate(cls, version, state, weights):
     """Run the migration chain from ``version`` up to ``cls._FILE_VERSION``."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ModelFileError(f"Invalid {cls._TASK} file version {version!r}.")
+        raise CorruptModelFileError(
+            f"Invalid {cls._TASK} file version {version!r}; the file is damaged.")
     while version < cls._FILE_VERSION:
         step = cls._MIGRATIONS.get(version)
         if step is None:
@@ -114,6 +116,8 @@ def load_model(path):
     mf = open_model_file(path)
     cls = _task_class(mf.task, path)
     # The "weights" section of a model file and of a checkpoint is the same.
+    if not isinstance(mf.state, dict):
+        raise CorruptModelFileError(f"'{path}' is damaged: its 'state' field is not an object.")
     weights = mf.tensors("weights")
     state, weights = migrate(cls, mf.file_version, mf.state, weights)
     return cls._from_state(state, weights)

@@ -60,7 +60,8 @@ class ModelFile:
 
     @property
     def file_version(self):
-        return self.header["file_version"]
+        # A file without a version predates versioning: the oldest version.
+        return self.header.get("file_version", 1)
 
     @property
     def kind(self):
@@ -189,7 +190,7 @@ def read_model_file(path, version_gate=None):
 
 def _split_sections(path, header, payload):
     declared = header.get("sections")
-    for key in ("task", "file_version", "sections"):
+    for key in ("task", "sections"):
         if key not in header:
             raise CorruptModelFileError(f"'{path}' is damaged: its header has no '{key}' field.")
     if not isinstance(declared, dict):
@@ -328,6 +329,15 @@ def atomic_write(path, data):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode an ordinary new file
+        # would get (0666 less the umask), or keep the mode of the file replaced.
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

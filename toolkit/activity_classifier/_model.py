@@ -17,7 +17,7 @@ from .._metrics import ToolkitWarning, classifier_metrics
 from .._model import Model
 from .._mx import get_weights, mx, set_weights
 from .._progress import ProgressTable, say
-from ..errors import DataError, InvalidParameterError, NotFittedError
+from ..errors import CorruptModelFileError, DataError, InvalidParameterError
 from . import _data, _net
 from ._data import WINDOWS_PER_CHUNK
 
@@ -73,10 +73,7 @@ class ActivityClassifier(Model):
 
     @classmethod
     def _from_state(cls, state, weights):
-        for key in ("features", "classes", "prediction_window", "feature_mean", "feature_std",
-                    "target", "session_id"):
-            if key not in state:
-                raise DataError(f"The model file's state has no '{key}' field; it is damaged.")
+        _check_state(state)
         return cls(state, weights)
 
     # --- fields ---------------------------------------------------------
@@ -314,6 +311,39 @@ class ActivityClassifier(Model):
         return export_coreml(self, path)
 
 
+def _check_state(state):
+    """Refuse a stored state that cannot describe a model (a damaged or edited file)."""
+    def bad(key, why):
+        raise CorruptModelFileError(
+            f"The activity classifier file's state field '{key}' {why}; the file is damaged "
+            "or was edited.")
+    if not isinstance(state, dict):
+        bad("state", "is not an object")
+    for key in ("features", "classes", "prediction_window", "feature_mean", "feature_std",
+                "target", "session_id"):
+        if key not in state:
+            bad(key, "is missing")
+    feats, classes = state["features"], state["classes"]
+    if not (isinstance(feats, list) and feats and all(isinstance(f, str) for f in feats)):
+        bad("features", "is not a non-empty list of column names")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+        bad("classes", "is not a list of at least two labels")
+    pw = state["prediction_window"]
+    if not (isinstance(pw, int) and not isinstance(pw, bool) and 1 <= pw <= 400):
+        bad("prediction_window", f"is {pw!r}, not an int in [1, 400]")
+    for key in ("feature_mean", "feature_std"):
+        v = state[key]
+        if not (isinstance(v, list) and len(v) == len(feats)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            bad(key, f"is not a list of {len(feats)} numbers")
+    if any(not (x > 0) for x in state["feature_std"]):
+        bad("feature_std", "has a value that is not positive")
+    for key in ("target", "session_id"):
+        if not isinstance(state[key], str):
+            bad(key, "is not a column name")
+
+
 # --- create ---------------------------------------------------------------
 
 def _encode_labels(y, target):
@@ -492,7 +522,63 @@ def _prepare_validation(frame, session_id, target, features, class_index, mean, 
     return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index))
 
 
-def _run_epoch(model, chunks, batch_size, rng=None, trainer=None):
+# Training recipe. Experimental knobs (private); frozen values chosen by measurement.
+_RECIPE = {
+    "lr": 1e-3,          # Adam learning rate
+    "schedule": "const", # 'const' or 'cosine' (decay to lr_min_frac*lr over max_iterations)
+    "lr_min_frac": 0.0,
+    "warmup": 0,         # epochs of linear warm-up
+    "passes": 1,         # random-offset copies of the training sessions per epoch
+    "noise": 0.0,        # std of gaussian noise added to standardised features
+    "scale": 0.0,        # std of per-session, per-channel log-scale jitter
+    "warp": 0.0,         # max relative time stretch (uniform in [1-warp, 1+warp])
+    "wd": 0.0,           # weight decay (Adam's L2 'wd')
+    "clip": None,        # gradient clipping
+    "select": "best_acc",  # 'best_acc', 'best_loss', 'last', 'avg', 'best_smooth'
+    "avg_from": 0.5,     # 'avg': average weights of epochs after this fraction
+    "class_weight": False,
+}
+
+
+class _Series:
+    """Minimal stand-in for :class:`_data.Sessions` (starts, lengths) of augmented data."""
+
+    def __init__(self, lengths):
+        self.lengths = np.asarray(lengths, np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def __len__(self):
+        return len(self.lengths)
+
+
+def _augment(values, sessions, label_ids, idx, rng, r):
+    """Randomly time-stretched, scaled and noised copies of sessions ``idx``."""
+    starts, lengths = sessions.starts[idx], sessions.lengths[idx]
+    if r["warp"] > 0:
+        f = rng.uniform(1 - r["warp"], 1 + r["warp"], size=len(idx))
+        new_len = np.maximum(np.round(lengths / f).astype(np.int64), 1)
+        pos = np.concatenate([np.arange(m) * (n - 1) / max(m - 1, 1)
+                              for m, n in zip(new_len, lengths)])
+        base = np.repeat(starts, new_len)
+        lo = np.floor(pos).astype(np.int64)
+        frac = (pos - lo)[:, None].astype(np.float32)
+        hi = np.minimum(lo + 1, np.repeat(lengths, new_len) - 1)
+        vals = values[base + lo] * (1 - frac) + values[base + hi] * frac
+        labs = label_ids[base + np.round(pos).astype(np.int64)]
+        lengths = new_len
+    else:
+        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+        vals, labs = values[rows], label_ids[rows]
+    F = values.shape[1]
+    if r["scale"] > 0:
+        sc = np.exp(rng.normal(0, r["scale"], size=(len(idx), F))).astype(np.float32)
+        vals = vals * np.repeat(sc, lengths, axis=0)
+    if r["noise"] > 0:
+        vals = vals + rng.normal(0, r["noise"], size=vals.shape).astype(np.float32)
+    return vals.astype(np.float32, copy=False), _Series(lengths), labs
+
+
+def _run_epoch(model, chunks, batch_size, rng=None, trainer=None, class_w=None):
     """One pass; trains when a trainer is given. Returns (accuracy, log loss) per window."""
     nd, autograd = mx().nd, mx().autograd
     n = len(chunks["data"])
@@ -501,14 +587,18 @@ def _run_epoch(model, chunks, batch_size, rng=None, trainer=None):
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         w_np = chunks["weights"][idx]
-        x, lab, w = (nd.array(chunks["data"][idx]), nd.array(chunks["labels"][idx]),
-                     nd.array(w_np))
+        lab_np = chunks["labels"][idx]
+        x, lab, w = nd.array(chunks["data"][idx]), nd.array(lab_np), nd.array(w_np)
         h, c = _net.zero_states(len(idx))
         wsum = float(w_np.sum())
         if trainer is not None:
             with autograd.record():
                 nll, correct = model._loss(x, h, c, lab, w)
-                loss = nll.sum() / max(wsum, 1e-5)
+                if class_w is None:
+                    loss = nll.sum() / max(wsum, 1e-5)
+                else:
+                    cw = class_w[lab_np.astype(np.int64)] * w_np
+                    loss = (nll * nd.array(cw / w_np.clip(1e-12))).sum() / max(float(cw.sum()), 1e-5)
             loss.backward()
             trainer.step(1)
         else:
@@ -523,9 +613,13 @@ def _run_epoch(model, chunks, batch_size, rng=None, trainer=None):
 def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, batch_size,
          rng, verbose):
     gluon = mx().gluon
+    r = _RECIPE
     pw = model._state["prediction_window"]
     C = len(model._state["classes"])
-    trainer = gluon.Trainer(model._core.collect_params(), "adam", {"learning_rate": 1e-3})
+    opt = {"learning_rate": r["lr"], "wd": r["wd"]}
+    if r["clip"]:
+        opt["clip_gradient"] = r["clip"]
+    trainer = gluon.Trainer(model._core.collect_params(), "adam", opt)
     cols = ["Iteration", "Train Accuracy", "Train Loss"]
     if valid is not None:
         cols += ["Validation Accuracy", "Validation Loss"]
@@ -535,34 +629,72 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
            "validation_accuracy": None, "validation_log_loss": None,
            "training_iterations": 0, "best_iteration": None}
     best = None
-    lengths = sessions.lengths
+    history = []
+    avg, n_avg = None, 0
+    idx = np.flatnonzero(train_mask)
+    class_w = None
+    if r["class_weight"]:
+        counts = np.bincount(label_ids[np.repeat(train_mask, sessions.lengths)], minlength=C)
+        class_w = (counts.sum() / np.maximum(counts, 1) / C).astype(np.float32)
     for it in range(1, max_iterations + 1):
-        # Random window offsets: each epoch sees windows cut at new positions.
-        offsets = rng.randint(0, pw, size=len(sessions)) * (lengths > pw)
-        chunks = _data.chunk(values, sessions, pw, label_ids, C, offsets=offsets,
-                             session_mask=train_mask)
-        acc, loss = _run_epoch(model, chunks, batch_size, rng, trainer)
+        if r["schedule"] == "cosine":
+            t = (it - 1) / max(max_iterations - 1, 1)
+            lr = r["lr"] * (r["lr_min_frac"] + (1 - r["lr_min_frac"]) * 0.5 * (1 + np.cos(np.pi * t)))
+        else:
+            lr = r["lr"]
+        if r["warmup"] and it <= r["warmup"]:
+            lr = lr * it / (r["warmup"] + 1)
+        trainer.set_learning_rate(lr)
+        parts = []
+        for _ in range(r["passes"]):
+            if r["warp"] or r["scale"] or r["noise"]:
+                v, s, l = _augment(values, sessions, label_ids, idx, rng, r)
+                mask = None
+            else:
+                v, s, l, mask = values, sessions, label_ids, train_mask
+            offsets = rng.randint(0, pw, size=len(s)) * (s.lengths > pw)
+            parts.append(_data.chunk(v, s, pw, l, C, offsets=offsets, session_mask=mask))
+        chunks = {k: np.concatenate([p[k] for p in parts]) for k in ("data", "labels", "weights")}
+        acc, loss = _run_epoch(model, chunks, batch_size, rng, trainer, class_w)
         row = [it, acc, loss]
         entry = {"training_accuracy": acc, "training_log_loss": loss,
                  "training_iterations": it}
+        if r["select"] == "avg" and it > r["avg_from"] * max_iterations:
+            w = get_weights(model._core)
+            n_avg += 1
+            avg = w if avg is None else {k: avg[k] + (w[k] - avg[k]) / n_avg for k in w}
         if valid is not None:
             vacc, vloss = _run_epoch(model, valid, _PREDICT_BATCH)
             row += [vacc, vloss]
             entry.update(validation_accuracy=vacc, validation_log_loss=vloss)
-            # Keep the weights of the best validation epoch (early stopping by
-            # restoring): later epochs overfit small data sets.
-            if best is None or (vacc, -vloss) > (best[0], -best[1]):
-                best = (vacc, vloss, it, get_weights(model._core), dict(entry))
+            history.append((vacc, vloss))
+            if r["select"] == "best_acc":
+                key = (vacc, -vloss)
+            elif r["select"] == "best_loss":
+                key = (-vloss,)
+            elif r["select"] == "best_smooth":
+                h = np.array(history[-3:])
+                key = (h[:, 0].mean() - 0 * h[:, 1].mean(), -vloss)
+            else:
+                key = None
+            if key is not None and (best is None or key > best[0]):
+                best = (key, it, get_weights(model._core), dict(entry))
         log.update(entry)
         table.row(*row, f"{table.elapsed():.1f}")
     table.finish()
-    if best is not None:
+    if avg is not None:
+        model._build(avg)
+        log["best_iteration"] = max_iterations
+        if valid is not None:
+            vacc, vloss = _run_epoch(model, valid, _PREDICT_BATCH)
+            log.update(validation_accuracy=vacc, validation_log_loss=vloss)
+    elif best is not None:
         # A fresh network takes the best weights: copying into parameters
         # that mxnet already reordered for its CPU kernels is unreliable.
-        model._build(best[3])
-        log.update(best[4])
+        model._build(best[2])
+        log.update(best[3])
         log["training_iterations"] = max_iterations
-        log["best_iteration"] = best[2]
+        log["best_iteration"] = best[1]
     else:
         log["best_iteration"] = log["training_iterations"]
     for k in ("training_accuracy", "training_log_loss", "validation_accuracy",

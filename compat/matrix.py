@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""The mxnet version matrix: a model saved under any mxnet loads under every other.
+
+For each mxnet version this builds (once, then reuses) a virtual environment
+under ``compat/.envs/`` holding that mxnet, numpy 1.23.5 and the toolkit's
+other runtime dependencies; the toolkit itself comes from this checkout via
+``PYTHONPATH``, so every environment runs the code being tested. Then, for
+each task:
+
+1. in every environment, train the task's small model (real data, fixed seed),
+   save it, and record its predictions on a fixed input;
+2. in every environment, load every saved file and predict on the same input;
+3. compare with the predictions recorded when the file was saved
+   (max abs difference <= ``--tolerance``, default 1e-5).
+
+It prints one matrix per task (rows: saved in, columns: loaded in). A cell is
+``works``, ``fails gracefully`` (the load raised a ``ToolkitError``: a clear
+refusal) or ``fails`` (any other error, a crash, or different predictions).
+The exit status is 0 only when every cell works.
+
+Usage::
+
+    python compat/matrix.py                          # every supported version
+    python compat/matrix.py --versions 1.5.1,1.9.1   # the oldest/newest pair (CI)
+    python compat/matrix.py --keep-going --output compat/LATEST_MATRIX.txt
+
+Only the standard library is used here, so any Python 3.8+ can run it; the
+environments are created with the Python running this script (``--python``
+to pick another). The code that runs inside the environments is
+``compat/_worker.py`` (JSON request in, JSON response out).
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "_worker.py")
+sys.path.insert(0, HERE)
+from _worker import TASKS  # noqa: E402  (stdlib-only at import time)
+
+# Supported versions, oldest first: label -> pip requirement. mxnet 1.7.0 has
+# no plain "1.7.0" release on PyPI, only post releases.
+VERSIONS = {
+    "1.5.1": "mxnet==1.5.1",
+    "1.6.0": "mxnet==1.6.0",
+    "1.7.0": "mxnet==1.7.0.post2",
+    "1.8.0.post0": "mxnet==1.8.0.post0",
+    "1.9.1": "mxnet==1.9.1",
+}
+# Everything but mxnet, identical in every environment. numpy 1.23.5 is the
+# newest numpy all of mxnet 1.x works with (1.24 removed np.bool). coremltools
+# is left out: the matrix does not export.
+COMMON_REQUIREMENTS = [
+    "numpy==1.23.5",
+    "pandas>=2,<3",
+    "safetensors>=0.4",
+    "scikit-learn",
+    "seglearn==1.2.5",  # carries the watch_sessions data set
+]
+ENV_MARKER = ".matrix-env.json"
+WORKS, GRACEFUL, FAILS = "works", "fails gracefully", "fails"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- environments ------------------------------------------------------------------
+
+def _env_python(env_dir):
+    return os.path.join(env_dir, "Scripts" if os.name == "nt" else "bin",
+                        "python.exe" if os.name == "nt" else "python")
+
+
+def _env_spec(version, python):
+    req = VERSIONS.get(version, f"mxnet=={version}")
+    return {"requirements": [req] + COMMON_REQUIREMENTS, "base_python": python}
+
+
+def _probe(env_dir, version):
+    """True when the environment imports its mxnet and dependencies."""
+    req = VERSIONS.get(version, f"mxnet=={version}")
+    want = req.split("==", 1)[1]
+    code = ("import importlib.metadata as m, mxnet, numpy, pandas, safetensors, sklearn;"
+            f"assert m.version('mxnet') == {want!r}, m.version('mxnet');"
+            "assert numpy.__version__ == '1.23.5', numpy.__version__")
+    try:
+        r = subprocess.run([_env_python(env_dir), "-c", code], capture_output=True,
+                           text=True, timeout=300, env=_clean_env())
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def _clean_env(extra=None):
+    env = dict(os.environ)
+    # The environment's own interpreter decides what it imports; nothing from
+    # the caller's virtualenv or user site may leak in.
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"):
+        env.pop(key, None)
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def ensure_env(envs_dir, version, python, rebuild=False):
+    """Return ``(env_dir, seconds, reused)``; build the environment unless a working one exists."""
+    env_dir = os.path.join(envs_dir, f"mxnet-{version}")
+    spec = _env_spec(version, python)
+    marker = os.path.join(env_dir, ENV_MARKER)
+    t0 = time.perf_counter()
+    if not rebuild and os.path.exists(marker):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                same = json.load(f).get("spec") == spec
+        except (OSError, ValueError):
+            same = False
+        if same and _probe(env_dir, version):
+            return env_dir, time.perf_counter() - t0, True
+        log(f"[mxnet {version}] cached environment is stale or broken; rebuilding")
+    if os.path.exists(env_dir):
+        shutil.rmtree(env_dir)
+    log(f"[mxnet {version}] creating {env_dir}")
+    _run_checked([python, "-m", "venv", env_dir], f"venv for mxnet {version}")
+    _run_checked([_env_python(env_dir), "-m", "pip", "install", "--quiet",
+                  "--disable-pip-version-check", *spec["requirements"]],
+                 f"pip install for mxnet {version}")
+    if not _probe(env_dir, version):
+        raise RuntimeError(f"the new environment for mxnet {version} does not import mxnet "
+                           "and its dependencies")
+    seconds = time.perf_counter() - t0
+    # Written last: an interrupted build has no marker and is rebuilt next time.
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump({"spec": spec, "build_seconds": round(seconds, 1)}, f, indent=1)
+    log(f"[mxnet {version}] environment ready in {seconds:.0f}s")
+    return env_dir, seconds, False
+
+
+def _run_checked(cmd, what):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env())
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {r.returncode}):\n{r.stdout[-3000:]}"
+                           f"{r.stderr[-3000:]}")
+
+
+# --- worker calls --------------------------------------------------------------------
+
+def call_worker(env_dir, request, work_dir, name, timeout):
+    """Run one worker request in an environment; return its response dict."""
+    req_path = os.path.join(work_dir, name + ".request.json")
+    resp_path = os.path.join(work_dir, name + ".response.json")
+    with open(req_path, "w", encoding="utf-8") as f:
+        json.dump(request, f)
+    if os.path.exists(resp_path):
+        os.unlink(resp_path)
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([_env_python(env_dir), WORKER, req_path, resp_path],
+                           capture_output=True, text=True, timeout=timeout,
+                           env=_clean_env({"PYTHONPATH": REPO}), cwd=work_dir)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "toolkit_error": False, "error_type": "Timeout",
+                "error": f"the worker ran over {timeout}s"}
+    try:
+        with open(resp_path, encoding="utf-8") as f:
+            resp = json.load(f)
+    except (OSError, ValueError):
+        # No response: the process died (a segfault or abort inside mxnet).
+        tail = (r.stderr or r.stdout or "").strip().splitlines()[-15:]
+        return {"ok": False, "toolkit_error": False,
+                "error_type": f"crash (exit {r.returncode})", "error": "\n".join(tail)}
+    resp["wall_s"] = round(time.perf_counter() - t0, 2)
+    return resp
+
+
+def max_abs_diff(path_a, path_b):
+    """max |a - b| of two .npy prediction arrays, via a tiny numpy-free parser."""
+    a, b = _read_npy(path_a), _read_npy(path_b)
+    if a[0] != b[0]:
+        return None, f"shapes differ: {a[0]} vs {b[0]}"
+    diff = max((abs(x - y) for x, y in zip(a[1], b[1])), default=0.0)
+    if diff != diff:  # NaN
+        return float("inf"), "predictions hold NaN"
+    return diff, None
+
+
+def _read_npy(path):
+    """Read a float64 C-order .npy written by numpy.save (so the runner needs no numpy)."""
+    import ast
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a .npy file")
+    major = data[6]
+    if major == 1:
+        (hlen,), start = struct.unpack("<H", data[8:10]), 10
+    else:
+        (hlen,), start = struct.unpack("<I", data[8:12]), 12
+    header = ast.literal_eval(data[start:start + hlen].decode("latin1"))
+    if header["descr"] != "<f8" or header["fortran_order"]:
+        raise ValueError(f"{path}: expected little-endian float64 in C order, got {header}")
+    body = data[start + hlen:]
+    n = len(body) // 8
+    return tuple(header["shape"]), struct.unpack(f"<{n}d", body)
+
+
+# --- the matrix ----------------------------------------------------------------------
+
+class Matrix:
+    def __init__(self, task, versions):
+        self.task = task
+        self.versions = versions
+        self.cells = {}      # (saved_in, loaded_in) -> (status, note)
+        self.saves = {}      # saved_in -> worker response
+        self.loads = {}      # (saved_in, loaded_in) -> worker response
+
+    def failures(self):
+        return [(k, v) for k, v in self.cells.items() if v[0] != WORKS]
+
+    def render(self):
+        vs = self.versions
+        corner = "saved in \\ loaded in"
+        width = max(len(corner), *(len(v) for v in vs))
+        cw = max(len(GRACEFUL), *(len(v) for v in vs))
+        head = f"{corner:<{width}} | " + " | ".join(f"{v:<{cw}}" for v in vs)
+        lines = [head, "-" * len(head)]
+        for s in vs:
+            row = [self.cells.get((s, l), ("not run", ""))[0] for l in vs]
+            lines.append(f"{s:<{width}} | " + " | ".join(f"{c:<{cw}}" for c in row))
+        return lines
+
+
+def run_task(task, versions, envs, work_dir, tolerance, timeout, keep_going, jobs):
+    m = Matrix(task, versions)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    paths = {v: (os.path.join(work_dir, f"{task}__mxnet-{v}.model"),
+                 os.path.join(work_dir, f"{task}__mxnet-{v}__saved.npy")) for v in versions}
+
+    def save(v):
+        if envs.get(v) is None:
+            return {"ok": False, "toolkit_error": False, "error_type": "no environment",
+                    "error": f"the environment for mxnet {v} could not be built"}
+        model_path, pred_path = paths[v]
+        log(f"[{task}] train + save in mxnet {v}")
+        return call_worker(envs[v], {"action": "save", "task": task, "model_path": model_path,
+                                     "pred_path": pred_path},
+                           work_dir, f"{task}__save__{v}", timeout)
+
+    for v, resp in zip(versions, pool.map(save, versions)):
+        m.saves[v] = resp
+        if not resp["ok"]:
+            note = f"saving failed: {resp.get('error_type')}: {_first_line(resp.get('error'))}"
+            for l in versions:
+                m.cells[(v, l)] = (FAILS, note)
+    if m.failures() and not keep_going:
+        return m
+
+    def load(pair):
+        s, l = pair
+        if envs.get(l) is None:
+            return pair, {"ok": False, "toolkit_error": False, "error_type": "no environment",
+                          "error": f"the environment for mxnet {l} could not be built"}
+        pred = os.path.join(work_dir, f"{task}__mxnet-{s}__loaded-in-{l}.npy")
+        log(f"[{task}] load file saved in {s} with mxnet {l}")
+        return pair, dict(call_worker(envs[l], {"action": "load", "task": task,
+                                                "model_path": paths[s][0], "pred_path": pred},
+                                      work_dir, f"{task}__load__{s}__in__{l}", timeout),
+                          pred_path=pred)
+
+    pairs = [(s, l) for s in versions for l in versions if m.saves[s]["ok"]]
+    futures = [pool.submit(load, p) for p in pairs]
+    for fut in futures:
+        (s, l), resp = fut.result()
+        m.loads[(s, l)] = resp
+        m.cells[(s, l)] = judge(m.saves[s], resp, paths[s][1], tolerance)
+        if m.cells[(s, l)][0] != WORKS and not keep_going:
+            for f in futures:
+                f.cancel()
+            break
+    pool.shutdown(wait=True)
+    return m
+
+
+def judge(saved, loaded, saved_pred, tolerance):
+    if not loaded["ok"]:
+        status = GRACEFUL if loaded.get("toolkit_error") else FAILS
+        return status, f"{loaded.get('error_type')}: {_first_line(loaded.get('error'))}"
+    if loaded.get("fingerprint") != saved.get("fingerprint"):
+        return FAILS, (f"the fixed input differs between environments "
+                       f"({saved.get('fingerprint')} vs {loaded.get('fingerprint')})")
+    diff, problem = max_abs_diff(saved_pred, loaded["pred_path"])
+    loaded["max_abs_diff"] = diff
+    if problem:
+        return FAILS, problem
+    if diff > tolerance:
+        return FAILS, f"predictions differ: max abs diff {diff:.3g} > {tolerance:g}"
+    return WORKS, f"max abs diff {diff:.2g}"
+
+
+def _first_line(text):
+    text = (text or "").strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # mxnet errors put the useful line first and a C++ stack trace after it.
+    return (lines[0] if lines else "")[:300]
+
+
+# --- main ----------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--versions", default=",".join(VERSIONS),
+                   help="comma-separated mxnet versions (default: %(default)s)")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help="comma-separated tasks (default: %(default)s)")
+    p.add_argument("--envs-dir", default=os.path.join(HERE, ".envs"),
+                   help="where the per-version environments live (default: compat/.envs)")
+    p.add_argument("--work-dir", default=None,
+                   help="keep saved models, predictions and worker logs here "
+                        "(default: a temporary directory, removed afterwards)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="fill in the whole matrix; without it the run stops at the first "
+                        "failure (a build, a save or a cell)")
+    p.add_argument("--tolerance", type=float, default=1e-5,
+                   help="max abs difference of probabilities (default: %(default)g)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter the environments are created from (default: this one)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the environments")
+    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="parallel environment builds and worker runs (default: %(default)s)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per worker run")
+    p.add_argument("--output", default=None, help="also write the report to this file")
+    args = p.parse_args(argv)
+    args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    if not args.versions or not args.tasks:
+        p.error("give at least one version and one task")
+    if len(set(args.versions)) != len(args.versions):
+        p.error("--versions lists a version twice")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    t_start = time.perf_counter()
+    os.makedirs(args.envs_dir, exist_ok=True)
+    envs, build_notes, build_failed = {}, {}, False
+
+    def build(v):
+        try:
+            return v, ensure_env(args.envs_dir, v, args.python, args.rebuild), None
+        except Exception as e:  # noqa: BLE001 - reported in the matrix
+            return v, None, f"{type(e).__name__}: {e}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for v, built, err in pool.map(build, args.versions):
+            if built is None:
+                envs[v], build_notes[v] = None, err
+                build_failed = True
+                log(f"[mxnet {v}] environment FAILED: {err}")
+            else:
+                envs[v] = built[0]
+                build_notes[v] = (f"reused ({built[1]:.0f}s check)" if built[2]
+                                  else f"built in {built[1]:.0f}s")
+    t_envs = time.perf_counter() - t_start
+
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="toolkit-matrix-")
+    os.makedirs(work_dir, exist_ok=True)
+    matrices = []
+    try:
+        if not build_failed or args.keep_going:
+            for task in args.tasks:
+                m = run_task(task, args.versions, envs, work_dir, args.tolerance,
+                             args.timeout, args.keep_going, max(1, args.jobs))
+                matrices.append(m)
+                if m.failures() and not args.keep_going:
+                    break
+        report = render_report(args, matrices, envs, build_notes, t_envs,
+                               time.perf_counter() - t_start)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print(report)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(report + "\n")
+    complete = (not build_failed and len(matrices) == len(args.tasks)
+                and all(len(m.cells) == len(args.versions) ** 2 for m in matrices))
+    ok = complete and not any(m.failures() for m in matrices)
+    return 0 if ok else 1
+
+
+def render_report(args, matrices, envs, build_notes, t_envs, t_total):
+    out = ["mxnet version matrix: a model file saved under one mxnet, loaded under another",
+           f"cells: {WORKS} | {GRACEFUL} (a ToolkitError) | {FAILS} (another error, a crash, "
+           f"or predictions off by more than {args.tolerance:g})", ""]
+    out.append("Environments (numpy 1.23.5, Python " + sys.version.split()[0] + "):")
+    for v in args.versions:
+        info = {}
+        for m in matrices:
+            info = m.saves.get(v, {}).get("env") or info
+        mkl = info.get("mkldnn")
+        flags = f"mxnet {info.get('mxnet', '?')}, MKL-DNN {'on' if mkl else 'off' if mkl is not None else '?'}" \
+            if info else "not run"
+        out.append(f"  {v:<12} {VERSIONS.get(v, 'mxnet==' + v):<22} {flags}; "
+                   f"{build_notes.get(v, '')}")
+    for m in matrices:
+        out += ["", f"Task: {m.task} (rows: saved in, columns: loaded in)", ""]
+        out += ["  " + line for line in m.render()]
+        fails = m.failures()
+        if fails:
+            out += ["", "  Failures:"]
+            for (s, l), (status, note) in sorted(fails):
+                out.append(f"    saved {s} -> loaded {l}: {status}: {note}")
+        diffs = [r.get("max_abs_diff") for r in m.loads.values()
+                 if r.get("max_abs_diff") is not None]
+        if diffs:
+            out.append(f"\n  largest prediction difference over working cells: "
+                       f"{max(diffs):.2g} (tolerance {args.tolerance:g})")
+    missing = [t for t in args.tasks if t not in {m.task for m in matrices}]
+    if missing:
+        out.append(f"\nNot run (stopped at the first failure; use --keep-going): "
+                   f"{', '.join(missing)}")
+    out.append(f"\nTime: environments {t_envs:.0f}s, total {t_total:.0f}s")
+    total = sum(len(m.cells) for m in matrices)
+    bad = sum(len(m.failures()) for m in matrices)
+    expected = len(args.tasks) * len(args.versions) ** 2
+    out.append(f"Result: {total - bad} of {expected} cells work"
+               + ("" if total - bad == expected else " -- FAILED"))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

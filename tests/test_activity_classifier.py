@@ -1,0 +1,235 @@
+"""Activity classifier: API behaviour a user relies on, and bad input."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import toolkit as tc
+from toolkit._metrics import ToolkitWarning
+from toolkit.errors import (ColumnNotFoundError, DataError, InvalidParameterError,
+                            ToolkitError)
+
+from conftest import WATCH_FEATURES
+
+
+def _create(data, **kw):
+    args = dict(features=WATCH_FEATURES, prediction_window=20, max_iterations=1,
+                verbose=False, random_seed=0)
+    args.update(kw)
+    return tc.activity_classifier.create(data, "session_id", "exercise", **args)
+
+
+# --- predict -------------------------------------------------------------------------
+
+def test_predict_shapes_and_types(tiny_model, watch_small):
+    classes = tiny_model.predict(watch_small)
+    assert isinstance(classes, pd.Series) and len(classes) == len(watch_small)
+    assert (classes.index == watch_small.index).all()
+    assert set(classes) <= set(tiny_model.classes)
+    probs = tiny_model.predict(watch_small, output_type="probability_vector")
+    p = np.stack(probs)
+    assert p.shape == (len(watch_small), len(tiny_model.classes))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (np.array(tiny_model.classes)[p.argmax(axis=1)] == classes.to_numpy()).all()
+
+
+def test_per_window_output(tiny_model, watch_small):
+    pw = tiny_model.prediction_window
+    out = tiny_model.predict(watch_small, output_frequency="per_window")
+    n_windows = sum(-(-n // pw) for n in watch_small.groupby("session_id").size())
+    assert len(out) == n_windows
+    assert list(out.columns) == ["prediction_id", "session_id", "class"]
+    assert (out["prediction_id"] == np.arange(n_windows)).all()
+    # Each row's per-row prediction is its window's prediction.
+    per_row = tiny_model.predict(watch_small)
+    first = watch_small.groupby("session_id").head(1).index
+    first_windows = out.groupby("session_id").head(1)
+    assert list(per_row[first]) == list(first_windows["class"])
+
+
+def test_rows_need_not_be_contiguous(tiny_model, watch_small):
+    """Interleaving sessions row by row (each keeps its time order) changes nothing."""
+    expected = tiny_model.predict(watch_small, output_type="probability_vector")
+    position = watch_small.groupby("session_id").cumcount().to_numpy()
+    interleaved = watch_small.iloc[np.lexsort((watch_small["session_id"].to_numpy(),
+                                               position))]
+    assert interleaved["session_id"].iloc[0] != interleaved["session_id"].iloc[1]
+    got = tiny_model.predict(interleaved, output_type="probability_vector")
+    np.testing.assert_allclose(np.stack(got.loc[watch_small.index]), np.stack(expected),
+                               atol=1e-6)
+
+
+def test_classify_and_topk(tiny_model, watch_small):
+    head = watch_small.head(50)
+    cl = tiny_model.classify(head)
+    assert list(cl.columns) == ["class", "probability"]
+    probs = np.stack(tiny_model.predict(head, output_type="probability_vector"))
+    np.testing.assert_allclose(cl["probability"], probs.max(axis=1), atol=1e-6)
+    top = tiny_model.predict_topk(head, k=3)
+    assert len(top) == 3 * len(head)
+    ranks = tiny_model.predict_topk(head, k=3, output_type="rank")
+    assert list(ranks["rank"][:3]) == [0, 1, 2]
+    first = top[top["row_id"] == 0]
+    assert list(first["probability"]) == sorted(first["probability"], reverse=True)
+    assert first["class"].iloc[0] == cl["class"].iloc[0]
+    window_top = tiny_model.predict_topk(head, k=2, output_frequency="per_window")
+    assert {"prediction_id", "session_id", "class", "probability"} <= set(window_top.columns)
+
+
+def test_session_shorter_than_a_window_still_predicts(tiny_model, watch_small):
+    short = watch_small[watch_small["session_id"] == watch_small["session_id"].iloc[0]].head(7)
+    out = tiny_model.predict(short)
+    assert len(out) == 7 and out.nunique() == 1
+    assert len(tiny_model.predict(short, output_frequency="per_window")) == 1
+
+
+def test_evaluate_metrics(tiny_model, watch_small):
+    r = tiny_model.evaluate(watch_small)
+    for k in ("accuracy", "auc", "precision", "recall", "f1_score", "log_loss",
+              "confusion_matrix", "roc_curve"):
+        assert k in r
+    pred = tiny_model.predict(watch_small)
+    assert r["accuracy"] == pytest.approx((pred == watch_small["exercise"]).mean())
+    from sklearn.metrics import f1_score
+    assert r["f1_score"] == pytest.approx(f1_score(watch_small["exercise"], pred,
+                                                   labels=tiny_model.classes, average="macro"))
+    assert r["confusion_matrix"]["count"].sum() == len(watch_small)
+    assert tiny_model.evaluate(watch_small, metric="accuracy").keys() == {"accuracy",
+                                                                          "unseen_labels"}
+
+
+def test_evaluate_with_unseen_labels_reports_them(tiny_model, watch_small):
+    data = watch_small.copy()
+    data.loc[data.index[:30], "exercise"] = "JUMP"
+    with pytest.warns(ToolkitWarning, match="JUMP"):
+        r = tiny_model.evaluate(data)
+    assert r["unseen_labels"] == {"JUMP": 30}
+    assert np.isfinite(r["log_loss"])
+
+
+def test_fields_and_summary(tiny_model):
+    assert tiny_model.classes == sorted(tiny_model.classes)
+    assert tiny_model.features == WATCH_FEATURES
+    assert tiny_model.prediction_window == 20
+    assert tiny_model["num_classes"] == len(tiny_model.classes)
+    assert 0 <= tiny_model.training_accuracy <= 1
+    text = repr(tiny_model)
+    assert "ActivityClassifier" in text and "Prediction window" in text
+    with pytest.raises(AttributeError):
+        tiny_model.no_such_field
+
+
+def test_integer_labels(watch_small):
+    data = watch_small.copy()
+    data["exercise"] = data["exercise"].map({c: i for i, c in
+                                             enumerate(sorted(data["exercise"].unique()))})
+    model = _create(data)
+    assert all(isinstance(c, int) for c in model.classes)
+    assert model.predict(data.head(5)).dtype == object
+
+
+def test_inputs_are_not_mutated(watch_small, tiny_model):
+    data = watch_small.copy()
+    snapshot = data.copy()
+    _create(data)
+    tiny_model.predict(data)
+    tiny_model.evaluate(data)
+    pd.testing.assert_frame_equal(data, snapshot)
+
+
+def test_verbose_prints_progress_table(watch_small, capsys):
+    _create(watch_small, verbose=True, max_iterations=2)
+    out = capsys.readouterr().out
+    assert "Iteration" in out and "Train Accuracy" in out and "Elapsed Time" in out
+    assert "Total Time Spent" in out
+
+
+def test_seed_makes_training_reproducible(watch_small):
+    a, b = _create(watch_small), _create(watch_small)
+    np.testing.assert_array_equal(np.stack(a.predict(watch_small, "probability_vector")),
+                                  np.stack(b.predict(watch_small, "probability_vector")))
+
+
+# --- bad input ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, err, text", [
+    (dict(session_id="sess"), ColumnNotFoundError, "'sess'.*Columns present: 'session_id'"),
+    (dict(target="label"), ColumnNotFoundError, "'label'"),
+    (dict(features=["ax", "speed"]), ColumnNotFoundError, "'speed'"),
+    (dict(prediction_window=0), InvalidParameterError, r"prediction_window.*\[1, 400\].*0"),
+    (dict(prediction_window=401), InvalidParameterError, "401"),
+    (dict(prediction_window="100"), InvalidParameterError, "must be an int.*'100'"),
+    (dict(prediction_window=2.5), InvalidParameterError, "must be an int"),
+    (dict(max_iterations=-1), InvalidParameterError, "max_iterations"),
+    (dict(batch_size=0), InvalidParameterError, "batch_size"),
+    (dict(features="ax"), InvalidParameterError, "list of column names"),
+    (dict(features=[]), InvalidParameterError, "empty"),
+    (dict(validation_set="yes"), InvalidParameterError, "validation_set"),
+    (dict(random_seed=-3), InvalidParameterError, "random_seed"),
+])
+def test_bad_arguments(watch_small, kw, err, text):
+    args = dict(session_id="session_id", target="exercise")
+    args.update(kw)
+    sid, tgt = args.pop("session_id"), args.pop("target")
+    base = dict(features=WATCH_FEATURES, prediction_window=20, max_iterations=1,
+                verbose=False)
+    base.update(args)
+    with pytest.raises(err, match=text):
+        tc.activity_classifier.create(watch_small, sid, tgt, **base)
+
+
+def test_bad_data(watch_small):
+    with pytest.raises(DataError, match="empty"):
+        _create(watch_small.iloc[:0])
+    with pytest.raises(InvalidParameterError, match="DataFrame"):
+        _create(watch_small.to_dict())
+    text = watch_small.assign(ax=watch_small["ax"].astype(str))
+    with pytest.raises(DataError, match="'ax' must be numeric"):
+        _create(text)
+    nan = watch_small.copy()
+    nan.loc[nan.index[[5, 9]], "wy"] = np.nan
+    with pytest.raises(DataError, match=r"'wy'.*2 missing.*row 5"):
+        _create(nan)
+    inf = watch_small.copy()
+    inf.loc[inf.index[3], "az"] = np.inf
+    with pytest.raises(DataError, match=r"'az'.*infinite.*row 3"):
+        _create(inf)
+    all_nan = watch_small.assign(wx=np.nan)
+    with pytest.raises(DataError, match="'wx'.*entirely"):
+        _create(all_nan)
+    no_label = watch_small.copy()
+    no_label.loc[no_label.index[4], "exercise"] = None
+    with pytest.raises(DataError, match=r"'exercise'.*1 missing label.*row 4"):
+        _create(no_label)
+    one = watch_small.assign(exercise="ROW")
+    with pytest.raises(DataError, match="only one class.*'ROW'"):
+        _create(one)
+
+
+def test_predict_with_missing_feature_columns(tiny_model, watch_small):
+    with pytest.raises(ColumnNotFoundError, match="'wz'"):
+        tiny_model.predict(watch_small.drop(columns="wz"))
+    with pytest.raises(ColumnNotFoundError, match="'exercise'"):
+        tiny_model.evaluate(watch_small.drop(columns="exercise"))
+    with pytest.raises(InvalidParameterError, match="output_type"):
+        tiny_model.predict(watch_small, output_type="probs")
+    with pytest.raises(InvalidParameterError, match="output_frequency"):
+        tiny_model.predict(watch_small, output_frequency="per_session")
+
+
+def test_every_error_is_a_toolkit_error(watch_small):
+    with pytest.raises(ToolkitError):
+        _create(watch_small, prediction_window=-5)
+
+
+def test_validation_auto_with_few_sessions_says_so(watch_small, capsys):
+    _create(watch_small, verbose=True)
+    assert "continuing without a validation set" in capsys.readouterr().out
+
+
+def test_validation_set_dataframe(watch, watch_small):
+    other = watch[watch["session_id"].isin([100, 101])].drop(columns="subject")
+    model = _create(watch_small, validation_set=other, max_iterations=2)
+    assert model.validation_accuracy is not None

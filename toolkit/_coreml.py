@@ -1,0 +1,206 @@
+"""Core ML helpers shared by every task's ``export_coreml``.
+
+coremltools is imported here, lazily, on the first export only: ``import
+toolkit`` never imports it. Each exporter builds its network with
+coremltools' ``NeuralNetworkBuilder`` and then uses these helpers for the
+parts every export has in common:
+
+* :func:`coremltools_module` imports coremltools (quietly) or raises an
+  :class:`~toolkit.errors.ExportError` that says how to install it;
+* :func:`check_export_path` validates the destination *before* any work;
+* :func:`set_metadata` writes ``user_defined_metadata`` (``toolkit_version``,
+  ``task``, ``file_version`` plus task extras), the author, license and the
+  short description "<Task> created by toolkit (version X)";
+* :func:`describe_features` sets the descriptions of inputs and outputs;
+* :func:`save_spec` writes the spec atomically, wrapping every failure in an
+  ``ExportError``.
+
+Example (inside a task's exporter)::
+
+    ct = _coreml.coremltools_module()
+    path = _coreml.check_export_path(path)
+    builder = ct.models.neural_network.NeuralNetworkBuilder(...)
+    ...
+    _coreml.set_metadata(builder.spec, 'activity_classifier', 1, {'target': 'exercise'})
+    _coreml.describe_features(builder.spec, {'features': 'Window of raw sensor values'})
+    _coreml.save_spec(builder.spec, path)
+"""
+
+import logging
+import os
+import uuid
+
+from .errors import ExportError, InvalidParameterError
+
+_ct = None
+
+#: Core ML metadata ``author`` field of every exported model.
+AUTHOR = "toolkit"
+
+
+def coremltools_module():
+    """Import and return ``coremltools`` (once).
+
+    coremltools logs a series of harmless "Failed to load ..." warnings when it
+    is imported on a machine that cannot run Core ML (Linux); they are kept
+    quiet during the import. Real errors are still raised.
+
+    Raises
+    ------
+    toolkit.errors.ExportError
+        If coremltools is not installed or cannot be imported.
+    """
+    global _ct
+    if _ct is None:
+        logger = logging.getLogger("coremltools")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            import coremltools
+        except ImportError as e:
+            raise ExportError(
+                "Core ML export needs the 'coremltools' package, which cannot be imported "
+                f"({e}). Install it with `pip install coremltools`.") from e
+        finally:
+            logger.setLevel(level)
+        _ct = coremltools
+    return _ct
+
+
+def toolkit_version():
+    from . import __version__
+    return __version__
+
+
+def short_description(task_title):
+    """``"<Task title> created by toolkit (version X)"``; e.g. ``"Activity classifier"``."""
+    return f"{task_title} created by toolkit (version {toolkit_version()})"
+
+
+def model_metadata(task, file_version, extra=None):
+    """The ``user_defined_metadata`` dict (all values str) of an exported model.
+
+    Parameters
+    ----------
+    task : str
+        The stable task name (``"activity_classifier"``).
+    file_version : int
+        The task's model file version the exported network corresponds to.
+    extra : dict, optional
+        Task specific entries. Lists and tuples are comma-joined, other values
+        go through ``str``. They may not override the three common keys.
+    """
+    meta = {"toolkit_version": toolkit_version(), "task": str(task),
+            "file_version": str(int(file_version))}
+    for key, value in (extra or {}).items():
+        if key in meta:
+            raise ValueError(f"Metadata key {key!r} is reserved.")
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        meta[str(key)] = str(value)
+    return meta
+
+
+def set_metadata(spec, task, file_version, extra=None, task_title=None):
+    """Write metadata and the short description into a Core ML ``spec``.
+
+    ``task_title`` defaults to the task name with spaces, capitalised
+    (``"activity_classifier"`` -> ``"Activity classifier"``). Returns the
+    metadata dict written.
+    """
+    meta = model_metadata(task, file_version, extra)
+    title = task_title or str(task).replace("_", " ").capitalize()
+    desc = spec.description.metadata
+    desc.shortDescription = short_description(title)
+    desc.author = AUTHOR
+    desc.versionString = toolkit_version()
+    desc.userDefined.clear()
+    for key, value in meta.items():
+        desc.userDefined[key] = value
+    return meta
+
+
+def describe_features(spec, descriptions):
+    """Set ``shortDescription`` of inputs and outputs named in ``descriptions``.
+
+    Raises ``ValueError`` (a toolkit bug) when a name is neither an input nor an
+    output of the spec.
+    """
+    features = {f.name: f for f in list(spec.description.input) + list(spec.description.output)}
+    for name, text in descriptions.items():
+        if name not in features:
+            raise ValueError(f"The Core ML spec has no input or output named {name!r} "
+                             f"(it has {', '.join(sorted(features))}).")
+        features[name].shortDescription = text
+
+
+def check_export_path(path, suffix=".mlmodel"):
+    """Validate an export destination and return it as an absolute ``str``.
+
+    Checked before any work is done, so a typo fails fast.
+
+    Raises
+    ------
+    toolkit.errors.InvalidParameterError
+        ``path`` is not a str / ``os.PathLike``, or is empty.
+    toolkit.errors.ExportError
+        The directory of ``path`` does not exist, or ``path`` is a directory.
+    """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InvalidParameterError(
+            f"'path' must be a file path (str or os.PathLike) such as 'model{suffix}', "
+            f"got {type(path).__name__} {path!r}.")
+    path = os.fspath(path)
+    if not path:
+        raise InvalidParameterError(f"'path' is empty; give a file path such as 'model{suffix}'.")
+    full = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(full)
+    if not os.path.isdir(directory):
+        raise ExportError(
+            f"Cannot export to '{path}': the directory '{directory}' does not exist. "
+            "Create it first (the export does not create directories).")
+    if os.path.isdir(full):
+        raise ExportError(f"Cannot export to '{path}': it is a directory; give a file path "
+                          f"such as '{os.path.join(path, 'model' + suffix)}'.")
+    return full
+
+
+def save_spec(spec, path):
+    """Write a Core ML ``spec`` (protobuf ``Model``) to ``path`` atomically.
+
+    The bytes go to a temporary file in the destination directory that is then
+    renamed over ``path``, so an existing file is never left half written. The
+    file gets the usual permissions (``0o666`` less the umask).
+
+    Raises
+    ------
+    toolkit.errors.ExportError
+        The spec cannot be serialised or the file cannot be written.
+    """
+    full = check_export_path(path)
+    try:
+        data = spec.SerializeToString()
+    except Exception as e:  # noqa: BLE001 - any protobuf failure is an export failure
+        raise ExportError(f"Cannot serialise the Core ML model: {e}") from e
+    directory = os.path.dirname(full)
+    # os.open with mode 0o666 lets the umask decide the permissions, as for
+    # any file the user creates (mkstemp would give 0o600).
+    tmp = os.path.join(directory, f".{os.path.basename(full)}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, full)
+        tmp = None
+    except OSError as e:
+        raise ExportError(f"Cannot write the Core ML model to '{path}': {e}") from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return full
