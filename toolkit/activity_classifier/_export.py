@@ -125,8 +125,8 @@ def export_coreml(model, path):
     ``user_defined_metadata`` holds ``toolkit_version``, ``task``
     (``activity_classifier``), ``file_version``, ``features`` (comma-joined),
     ``prediction_window``, ``session_id``, ``target``, ``feature_mean``
-    (comma-joined, for padding), ``state_reset_windows`` (``20``) and
-    ``classes``.
+    (comma-joined, for padding) and ``state_reset_windows`` (``20``). The
+    class labels are the classifier's own labels in the spec.
 
     Examples
     --------
@@ -137,7 +137,7 @@ def export_coreml(model, path):
 
     >>> import coremltools as ct, numpy as np                     # doctest: +SKIP
     >>> ml = ct.models.MLModel('Activity.mlmodel')                # doctest: +SKIP
-    >>> pw, mean = model.prediction_window, np.array(model.feature_mean)
+    >>> pw, mean = model.prediction_window, np.array(model.feature_mean)  # doctest: +SKIP
     >>> state = {}                                                # doctest: +SKIP
     >>> for w, start in enumerate(range(0, len(rows), pw)):       # doctest: +SKIP
     ...     window = rows[start:start + pw]
@@ -149,8 +149,8 @@ def export_coreml(model, path):
     ...     state = {'hiddenIn': out['hiddenOut'], 'cellIn': out['cellOut']}
     ...     print(out['exercise'], out['exerciseProbability'])
     """
-    ct = _coreml.coremltools_module()
     full_path = _coreml.check_export_path(path)
+    ct = _coreml.coremltools_module()
     datatypes = ct.models.datatypes
     NeuralNetworkBuilder = ct.models.neural_network.NeuralNetworkBuilder
 
@@ -238,7 +238,6 @@ def export_coreml(model, path):
         "prediction_window": pw,
         "session_id": s["session_id"],
         "target": target,
-        "classes": [str(c) for c in labels],
         "feature_mean": [repr(float(m)) for m in mean],
         "state_reset_windows": WINDOWS_PER_CHUNK,
     }, task_title=TASK_TITLE)
