@@ -23,6 +23,7 @@ Usage::
     python compat/matrix.py                          # every supported version
     python compat/matrix.py --versions 1.5.1,1.9.1   # the oldest/newest pair (CI)
     python compat/matrix.py --keep-going --output compat/LATEST_MATRIX.txt
+    python compat/matrix.py --env MXNET_MKLDNN_ENABLED=0  # MKL-DNN off at run time
 
 Only the standard library is used here, so any Python 3.8+ can run it; the
 environments are created with the Python running this script (``--python``
@@ -113,7 +114,33 @@ def _clean_env(extra=None):
 
 
 def ensure_env(envs_dir, version, python, rebuild=False):
-    """Return ``(env_dir, seconds, reused)``; build the environment unless a working one exists."""
+    """Return ``(env_dir, seconds, reused)``; build the environment unless a working one exists.
+
+    A lock file keeps two matrix runs (say a test and a manual run) from
+    building the same environment at once.
+    """
+    with _lock(os.path.join(envs_dir, f"mxnet-{version}.lock")):
+        return _ensure_env(envs_dir, version, python, rebuild)
+
+
+class _lock:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.f = open(self.path, "a+")
+        try:
+            import fcntl
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        except ImportError:  # Windows: no locking
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # releases the lock
+
+
+def _ensure_env(envs_dir, version, python, rebuild):
     env_dir = os.path.join(envs_dir, f"mxnet-{version}")
     spec = _env_spec(version, python)
     marker = os.path.join(env_dir, ENV_MARKER)
@@ -154,8 +181,11 @@ def _run_checked(cmd, what):
 
 # --- worker calls --------------------------------------------------------------------
 
-def call_worker(env_dir, request, work_dir, name, timeout):
-    """Run one worker request in an environment; return its response dict."""
+def call_worker(env_dir, request, work_dir, name, timeout, extra_env=None):
+    """Run one worker request in an environment; return its response dict.
+
+    The worker's stdout and stderr go to ``<work_dir>/<name>.log``.
+    """
     req_path = os.path.join(work_dir, name + ".request.json")
     resp_path = os.path.join(work_dir, name + ".response.json")
     with open(req_path, "w", encoding="utf-8") as f:
@@ -166,10 +196,14 @@ def call_worker(env_dir, request, work_dir, name, timeout):
     try:
         r = subprocess.run([_env_python(env_dir), WORKER, req_path, resp_path],
                            capture_output=True, text=True, timeout=timeout,
-                           env=_clean_env({"PYTHONPATH": REPO}), cwd=work_dir)
+                           env=_clean_env(dict(extra_env or {}, PYTHONPATH=REPO)),
+                           cwd=work_dir)
     except subprocess.TimeoutExpired:
         return {"ok": False, "toolkit_error": False, "error_type": "Timeout",
                 "error": f"the worker ran over {timeout}s"}
+    with open(os.path.join(work_dir, name + ".log"), "w", encoding="utf-8") as f:
+        f.write(f"$ {_env_python(env_dir)} {WORKER} {req_path} {resp_path}\n"
+                f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
     try:
         with open(resp_path, encoding="utf-8") as f:
             resp = json.load(f)
@@ -233,14 +267,15 @@ class Matrix:
         width = max(len(corner), *(len(v) for v in vs))
         cw = max(len(GRACEFUL), *(len(v) for v in vs))
         head = f"{corner:<{width}} | " + " | ".join(f"{v:<{cw}}" for v in vs)
-        lines = [head, "-" * len(head)]
+        lines = [head.rstrip(), "-" * len(head.rstrip())]
         for s in vs:
             row = [self.cells.get((s, l), ("not run", ""))[0] for l in vs]
-            lines.append(f"{s:<{width}} | " + " | ".join(f"{c:<{cw}}" for c in row))
+            lines.append((f"{s:<{width}} | " + " | ".join(f"{c:<{cw}}" for c in row)).rstrip())
         return lines
 
 
-def run_task(task, versions, envs, work_dir, tolerance, timeout, keep_going, jobs):
+def run_task(task, versions, envs, work_dir, tolerance, timeout, keep_going, jobs,
+             extra_env=None):
     m = Matrix(task, versions)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     paths = {v: (os.path.join(work_dir, f"{task}__mxnet-{v}.model"),
@@ -254,7 +289,7 @@ def run_task(task, versions, envs, work_dir, tolerance, timeout, keep_going, job
         log(f"[{task}] train + save in mxnet {v}")
         return call_worker(envs[v], {"action": "save", "task": task, "model_path": model_path,
                                      "pred_path": pred_path},
-                           work_dir, f"{task}__save__{v}", timeout)
+                           work_dir, f"{task}__save__{v}", timeout, extra_env)
 
     for v, resp in zip(versions, pool.map(save, versions)):
         m.saves[v] = resp
@@ -274,7 +309,8 @@ def run_task(task, versions, envs, work_dir, tolerance, timeout, keep_going, job
         log(f"[{task}] load file saved in {s} with mxnet {l}")
         return pair, dict(call_worker(envs[l], {"action": "load", "task": task,
                                                 "model_path": paths[s][0], "pred_path": pred},
-                                      work_dir, f"{task}__load__{s}__in__{l}", timeout),
+                                      work_dir, f"{task}__load__{s}__in__{l}", timeout,
+                                      extra_env),
                           pred_path=pred)
 
     pairs = [(s, l) for s in versions for l in versions if m.saves[s]["ok"]]
@@ -308,9 +344,15 @@ def judge(saved, loaded, saved_pred, tolerance):
 
 
 def _first_line(text):
-    text = (text or "").strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # mxnet errors put the useful line first and a C++ stack trace after it.
+    """The telling line of an error message."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    # mxnet >= 1.7 puts a C++ "Traceback" and file lines before the message
+    # ("MXNetError: Check failed: ..."); older ones put the message first.
+    for ln in lines:
+        if "Check failed" in ln or "Error" in ln.split(":", 1)[0]:
+            return ln[:300]
+    skip = ("Traceback", "File ", "[bt]", "Stack trace")
+    lines = [ln for ln in lines if not ln.startswith(skip)] or lines
     return (lines[0] if lines else "")[:300]
 
 
@@ -340,6 +382,9 @@ def parse_args(argv):
                    help="parallel environment builds and worker runs (default: %(default)s)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per worker run")
     p.add_argument("--output", default=None, help="also write the report to this file")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set an environment variable in every worker, e.g. "
+                        "--env MXNET_MKLDNN_ENABLED=0 (repeatable)")
     args = p.parse_args(argv)
     args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -350,6 +395,12 @@ def parse_args(argv):
         p.error("give at least one version and one task")
     if len(set(args.versions)) != len(args.versions):
         p.error("--versions lists a version twice")
+    args.extra_env = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            p.error(f"--env takes NAME=VALUE, got {item!r}")
+        args.extra_env[name] = value
     return args
 
 
@@ -368,7 +419,10 @@ def main(argv=None):
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for v, built, err in pool.map(build, args.versions):
             if built is None:
-                envs[v], build_notes[v] = None, err
+                pip_errors = [ln for ln in err.splitlines() if ln.startswith("ERROR:")]
+                envs[v] = None
+                build_notes[v] = "FAILED to build: " + (pip_errors[0] if pip_errors
+                                                        else _first_line(err))[:200]
                 build_failed = True
                 log(f"[mxnet {v}] environment FAILED: {err}")
             else:
@@ -384,7 +438,8 @@ def main(argv=None):
         if not build_failed or args.keep_going:
             for task in args.tasks:
                 m = run_task(task, args.versions, envs, work_dir, args.tolerance,
-                             args.timeout, args.keep_going, max(1, args.jobs))
+                             args.timeout, args.keep_going, max(1, args.jobs),
+                             args.extra_env)
                 matrices.append(m)
                 if m.failures() and not args.keep_going:
                     break
@@ -407,14 +462,17 @@ def render_report(args, matrices, envs, build_notes, t_envs, t_total):
     out = ["mxnet version matrix: a model file saved under one mxnet, loaded under another",
            f"cells: {WORKS} | {GRACEFUL} (a ToolkitError) | {FAILS} (another error, a crash, "
            f"or predictions off by more than {args.tolerance:g})", ""]
+    if args.extra_env:
+        out += ["Worker environment: " + " ".join(f"{k}={v}" for k, v in args.extra_env.items()),
+                ""]
     out.append("Environments (numpy 1.23.5, Python " + sys.version.split()[0] + "):")
     for v in args.versions:
         info = {}
         for m in matrices:
             info = m.saves.get(v, {}).get("env") or info
-        mkl = info.get("mkldnn")
-        flags = f"mxnet {info.get('mxnet', '?')}, MKL-DNN {'on' if mkl else 'off' if mkl is not None else '?'}" \
-            if info else "not run"
+        mkl = {True: "yes", False: "no"}.get(info.get("mkldnn"), "?")
+        flags = (f"mxnet {info.get('mxnet', '?')}, built with MKL-DNN: {mkl}" if info
+                 else "not run")
         out.append(f"  {v:<12} {VERSIONS.get(v, 'mxnet==' + v):<22} {flags}; "
                    f"{build_notes.get(v, '')}")
     for m in matrices:
@@ -428,7 +486,7 @@ def render_report(args, matrices, envs, build_notes, t_envs, t_total):
         diffs = [r.get("max_abs_diff") for r in m.loads.values()
                  if r.get("max_abs_diff") is not None]
         if diffs:
-            out.append(f"\n  largest prediction difference over working cells: "
+            out.append(f"\n  largest prediction difference over compared cells: "
                        f"{max(diffs):.2g} (tolerance {args.tolerance:g})")
     missing = [t for t in args.tasks if t not in {m.task for m in matrices}]
     if missing:

@@ -27,9 +27,26 @@ def mx():
         # Keep mxnet from spawning more OpenMP threads than the machine has
         # before its first import; harmless if the user set it already.
         os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+        _avoid_mkldnn_rnn_state_mixup()
         import mxnet
         _mx = mxnet
     return _mx
+
+
+def _avoid_mkldnn_rnn_state_mixup():
+    """Make the LSTM work when MKL-DNN is switched off at run time.
+
+    The mxnet 1.7-1.9 wheels are built with MKL-DNN. With it switched off
+    (``MXNET_MKLDNN_ENABLED=0``, a common workaround for MKL-DNN bugs), the RNN
+    operator still creates its MKL-DNN state (that choice reads only
+    ``MXNET_USE_MKLDNN_RNN``) but then runs the plain CPU kernel on it, and
+    every LSTM forward fails with "rnn-inl.h Check failed: in_data.size() ==
+    num_inputs (4 vs. 3)". Switching MKL-DNN's RNN off as well makes the
+    operator create the plain state. Builds without MKL-DNN (the 1.5.1 and
+    1.6.0 wheels) never hit this, and an explicit user setting is kept.
+    """
+    if os.environ.get("MXNET_MKLDNN_ENABLED", "").strip().lower() in ("0", "false"):
+        os.environ.setdefault("MXNET_USE_MKLDNN_RNN", "0")
 
 
 def cpu():
