@@ -4,7 +4,7 @@ setup(
     name="toolkit",
     version="0.1.0",
     description="Train a useful deep-learning model in three lines and ship it "
-                "(activity classifier on mxnet Gluon, Core ML export).",
+                "(on mxnet Gluon, with Core ML and ONNX export).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["toolkit", "toolkit.*"]),
@@ -21,6 +21,9 @@ setup(
         "tqdm",
     ],
     extras_require={
+        # ONNX export (model.export_onnx), opset 17. The upper bound keeps the range
+        # that onnxmltools 1.11.2 (tests/coreml_check.py) works with.
+        "onnx": ["onnx>=1.16,<1.18"],
         # Real data sets read from packages (no download at run time).
         "data": ["seglearn==1.2.5"],
         "test": [
@@ -28,9 +31,11 @@ setup(
             "hypothesis",
             "seglearn==1.2.5",
             # Executes exported Core ML models on Linux (see tests/coreml_check.py);
-            # onnxmltools 1.11.2 and its helpers are installed with --no-deps by .ci/run
+            # onnxmltools 1.11.2 and onnxconverter-common are installed with --no-deps by
+            # scripts/setup_env.sh
             # because newer onnxmltools have a broken Core ML converter.
-            "onnxruntime",
+            "onnx>=1.16,<1.18",
+            "onnxruntime>=1.16",
             "nbclient",
             "nbformat",
             "ipykernel",

@@ -23,6 +23,7 @@ from .errors import (CorruptModelFileError, ModelFileError, UnknownTaskError,
 # that task is loaded, so loading never imports what it does not need.
 _TASKS = {
     "activity_classifier": "toolkit.activity_classifier._model:ActivityClassifier",
+    "image_classifier": "toolkit.image_classifier._model:ImageClassifier",
 }
 
 
@@ -34,10 +35,12 @@ def register_task(name, target):
 def _task_class(task, path=None, written_by=None):
     target = _TASKS.get(task) if isinstance(task, str) else None
     if target is None:
-        who = (written_by or {}).get("toolkit", "an unknown version")
+        # written_by comes from a file that is not verified yet: any JSON type.
+        who = written_by.get("toolkit", "an unknown version") \
+            if isinstance(written_by, dict) else "an unknown version"
         raise UnknownTaskError(
-            f"{path or 'The file'} holds a model of task {task!r}, which this toolkit "
-            f"({_model_file._toolkit_version()}) does not know (known tasks: "
+            f"{path or 'The file'} holds a model of task {_model_file._short(task)}, which this "
+            f"toolkit ({_model_file._toolkit_version()}) does not know (known tasks: "
             f"{', '.join(sorted(_TASKS))}). It was written by toolkit {who}; if that is newer, "
             f"upgrade with `pip install -U {_model_file.PACKAGE_NAME}`.")
     if isinstance(target, str):

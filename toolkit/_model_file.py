@@ -15,6 +15,12 @@ JSON state, and the sections of the payload. A model file has one section,
 ``weights`` (a safetensors blob of float32 arrays). A training checkpoint adds
 more sections (e.g. ``optimizer``) and sets ``kind`` to ``"checkpoint"``.
 
+Reading trusts no declared size: every length, offset and shape is checked
+against the bytes actually present before it is used or allocated, JSON with
+duplicate keys or NaN is refused (two parsers could read such bytes two
+ways), and the file is read through a single handle. Every failure is a
+``ModelFileError``. docs/reliability.md describes how this is fuzzed.
+
 Nothing here imports mxnet or unpickles anything.
 """
 
@@ -22,13 +28,15 @@ import datetime
 import hashlib
 import json
 import os
+import reprlib
+import stat
 import struct
 import tempfile
 
 import numpy as np
 
-from .errors import (CorruptModelFileError, ModelFileError, ModelFileNotFoundError,
-                     NotAModelFileError, UnsupportedVersionError)
+from .errors import (CorruptModelFileError, InvalidParameterError, ModelFileError,
+                     ModelFileNotFoundError, NotAModelFileError, UnsupportedVersionError)
 
 MAGIC = b"\x89TKMODL\n"
 CONTAINER_VERSION = 1
@@ -40,9 +48,15 @@ PREAMBLE_SIZE = _PREAMBLE.size  # 52
 MAX_HEADER_BYTES = 16 * 2**20
 MAX_FILE_BYTES = 4 * 2**30
 MAX_TENSORS = 100_000
+MAX_NDIM = 32  # dimensions of one tensor (numpy's own limit)
 ALLOWED_DTYPES = ("float32",)
 
 PACKAGE_NAME = "toolkit"
+
+# Values read from a file appear in error messages through this: bounded length and depth.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
 
 
 class ModelFile:
@@ -99,23 +113,69 @@ def _sniff(prefix):
         return "an unrecognised binary file"
 
 
+def _short(value):
+    """A bounded repr of a value read from a file, for error messages."""
+    return _REPR.repr(value)
+
+
 def _check_path(path):
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelFileNotFoundError(f"No model file at '{path}': the path does not exist.")
-    if os.path.isdir(path):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InvalidParameterError(
+            f"The model path must be a str or os.PathLike, got {type(path).__name__}.") from None
+    try:
+        st = os.stat(path)
+    except PermissionError as e:
+        raise ModelFileError(f"Cannot read '{path}': {e.strerror or 'permission denied'}.") \
+            from None
+    except (OSError, ValueError):
+        raise ModelFileNotFoundError(
+            f"No model file at '{path}': the path does not exist.") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelFileNotFoundError(
             f"'{path}' is a directory; load_model expects the path of a model file "
             "written by model.save().")
+    if not stat.S_ISREG(st.st_mode):
+        # Reading a pipe or a device could block forever or never end.
+        raise NotAModelFileError(
+            f"'{path}' is not a regular file (a pipe, socket or device); load_model expects "
+            "the path of a model file written by model.save().")
     return path
 
 
-def read_preamble(path):
-    """Read and check the fixed preamble; return (container_version, header_len, digest, size)."""
-    path = _check_path(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(PREAMBLE_SIZE)
+def _open(path):
+    """Open for reading without blocking, and only if it is (still) a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ModelFileNotFoundError(
+            f"No model file at '{path}': the path does not exist.") from None
+    except OSError as e:
+        raise ModelFileError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        raise NotAModelFileError(
+            f"'{path}' is not a regular file; load_model expects the path of a model file "
+            "written by model.save().")
+    return os.fdopen(fd, "rb")
+
+
+def _read(f, n, path):
+    try:
+        return f.read(n)
+    except OSError as e:
+        raise ModelFileError(f"Cannot read '{path}': {e.strerror or e}.") from None
+
+
+def _read_preamble_from(f, path):
+    size = os.fstat(f.fileno()).st_size
+    head = _read(f, PREAMBLE_SIZE, path)
     if size == 0:
         raise NotAModelFileError(f"'{path}' is empty (0 bytes); it is not a toolkit model file.")
     if len(head) < len(MAGIC) and MAGIC.startswith(head):
@@ -148,8 +208,53 @@ def read_preamble(path):
     return cversion, header_len, digest, size
 
 
+def read_preamble(path):
+    """Read and check the fixed preamble; return (container_version, header_len, digest, size)."""
+    path = _check_path(path)
+    with _open(path) as f:
+        return _read_preamble_from(f, path)
+
+
+def _strict_json(raw):
+    """Parse UTF-8 JSON as the files are written: no duplicate keys, no NaN/Infinity.
+
+    Returns ``(value, None)`` or ``(None, reason)``. A duplicate key would let
+    two readers see two different files in the same bytes, so it is refused.
+    """
+    def pairs(items):
+        out = {}
+        for key, value in items:
+            if key in out:
+                raise _JSONRuleError(f"duplicate key {_short(key)}")
+            out[key] = value
+        return out
+
+    def constant(name):
+        raise _JSONRuleError(f"{name} is not allowed")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant), None
+    except _JSONRuleError as e:
+        return None, str(e)
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as e:  # json.JSONDecodeError, or an over-long integer
+        return None, f"not valid JSON ({_short(str(e))})"
+
+
+class _JSONRuleError(Exception):
+    pass
+
+
 def read_model_file(path, version_gate=None):
     """Read, gate and verify a model file.
+
+    The file is opened once and read through one handle, with every size
+    bounded before it is used, so a file replaced while it is read is seen
+    whole or reported as changed, never mixed.
 
     Parameters
     ----------
@@ -163,91 +268,205 @@ def read_model_file(path, version_gate=None):
     -------
     ModelFile
     """
-    cversion, header_len, digest, size = read_preamble(path)
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        f.seek(PREAMBLE_SIZE)
-        body = f.read()
+    path = _check_path(path)
+    with _open(path) as f:
+        cversion, header_len, digest, size = _read_preamble_from(f, path)
+        # One byte more than expected, to notice a file that grew meanwhile.
+        body = _read(f, size - PREAMBLE_SIZE + 1, path)
     if len(body) != size - PREAMBLE_SIZE:
         raise CorruptModelFileError(f"'{path}' changed while it was being read; try again.")
-    header_bytes = body[:header_len]
-    header = None
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        header = None
+    header, why = _strict_json(body[:header_len])
     if isinstance(header, dict) and version_gate is not None:
-        version_gate(header)
+        try:
+            version_gate(header)
+        except ModelFileError as e:
+            # "Upgrade" is the right answer for a newer file, but a damaged
+            # header can look like one too: say so when the checksum fails.
+            if hashlib.sha256(body).digest() != digest:
+                e.args = (f"{e} (Its checksum does not match either: if it was not written "
+                          "by a newer toolkit, the file is damaged.)",) + e.args[1:]
+            raise
     if hashlib.sha256(body).digest() != digest:
         raise CorruptModelFileError(
             f"'{path}' is damaged: its checksum does not match its contents (a changed, "
             "truncated or partly copied file). Use an intact copy of the file.")
     if not isinstance(header, dict):
-        raise CorruptModelFileError(f"'{path}' is damaged: its header is not a JSON object.")
-    sections = _split_sections(path, header, body[header_len:])
+        raise CorruptModelFileError(
+            f"'{path}' is damaged: its header is not a JSON object "
+            f"({why or 'it is a ' + _json_type(header)}).")
+    _check_header(path, header)
+    sections = _split_sections(path, header, memoryview(body)[header_len:])
     return ModelFile(path, cversion, header, sections)
 
 
-def _split_sections(path, header, payload):
-    declared = header.get("sections")
+def _json_type(value):
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_header(path, header):
+    """Check the types of the header fields the container defines."""
+    def bad(key, what):
+        raise CorruptModelFileError(
+            f"'{path}' is damaged: its header field '{key}' should be {what}, got "
+            f"{_json_type(header[key])} {_short(header[key])}.")
     for key in ("task", "sections"):
         if key not in header:
             raise CorruptModelFileError(f"'{path}' is damaged: its header has no '{key}' field.")
-    if not isinstance(declared, dict):
-        raise CorruptModelFileError(f"'{path}' is damaged: 'sections' is not an object.")
+    if not isinstance(header["task"], str):
+        bad("task", "a task name (string)")
+    if "file_version" in header and not (_is_int(header["file_version"])
+                                         and header["file_version"] >= 1):
+        bad("file_version", "an integer >= 1")
+    for key in ("format", "kind"):
+        if key in header and not isinstance(header[key], str):
+            bad(key, "a string")
+    for key in ("state", "written_by", "sections"):
+        if key in header and not isinstance(header[key], dict):
+            bad(key, "an object")
+
+
+def _split_sections(path, header, payload):
+    declared = header["sections"]
     spans = []
     for name, span in declared.items():
-        if not (isinstance(span, dict) and isinstance(span.get("offset"), int)
-                and isinstance(span.get("length"), int)
-                and not isinstance(span.get("offset"), bool)
+        if not (isinstance(span, dict) and _is_int(span.get("offset"))
+                and _is_int(span.get("length"))
                 and span["offset"] >= 0 and span["length"] >= 0):
             raise CorruptModelFileError(
-                f"'{path}' is damaged: section '{name}' has an invalid offset/length {span!r}.")
+                f"'{path}' is damaged: section {_short(name)} has an invalid offset/length "
+                f"{_short(span)}.")
         spans.append((span["offset"], span["offset"] + span["length"], name))
     spans.sort()
     pos = 0
     for start, end, name in spans:
         if start != pos:
             raise CorruptModelFileError(
-                f"'{path}' is damaged: section '{name}' starts at {start}, expected {pos} "
+                f"'{path}' is damaged: section {_short(name)} starts at {start}, expected {pos} "
                 "(sections must be back to back with no gaps or overlaps).")
         pos = end
     if pos != len(payload):
         raise CorruptModelFileError(
             f"'{path}' is damaged: the sections cover {pos} bytes but the payload has "
             f"{len(payload)}.")
-    return {name: payload[start:end] for start, end, name in spans}
+    return {name: bytes(payload[start:end]) for start, end, name in spans}
+
+
+# safetensors dtype names -> numpy dtypes; model files hold float32 only.
+_TENSOR_DTYPES = {"F32": np.dtype("<f4")}
 
 
 def decode_tensors(blob, where):
-    """Decode a safetensors blob with bounds and dtype checks; never unpickles."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as st_load
-    # The safetensors header is checked here too (size, dtypes, count) before
-    # the parser allocates anything from it.
-    if len(blob) < 8:
-        raise CorruptModelFileError(f"{where}: tensor section is truncated ({len(blob)} bytes).")
+    """Decode a safetensors blob into {name: float32 array}; never unpickles.
+
+    Everything the table declares is checked against the blob's real size
+    before anything is allocated from it: the table's length, every tensor's
+    dtype, shape and byte range, and that the ranges tile the data exactly (no
+    gaps, no overlaps, no duplicated names). The arrays are copies of the
+    data, so their total size is at most the blob's.
+    """
+    blob = memoryview(blob).cast("B")
+    n = len(blob)
+    if n < 8:
+        raise CorruptModelFileError(f"{where}: tensor section is truncated ({n} bytes).")
     (hlen,) = struct.unpack("<Q", blob[:8])
-    if hlen > min(len(blob) - 8, MAX_HEADER_BYTES):
-        raise CorruptModelFileError(f"{where}: tensor header length {hlen} is out of range.")
-    try:
-        meta = json.loads(blob[8:8 + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CorruptModelFileError(f"{where}: tensor header is not valid JSON ({e}).") from None
-    if not isinstance(meta, dict) or len(meta) > MAX_TENSORS:
-        raise CorruptModelFileError(f"{where}: tensor header is not a valid table of tensors.")
+    if hlen > min(n - 8, MAX_HEADER_BYTES):
+        raise CorruptModelFileError(
+            f"{where}: tensor table length {hlen} is out of range (the section has {n - 8} "
+            f"bytes after the length field; limit {MAX_HEADER_BYTES}).")
+    raw = blob[8:8 + hlen]
+    if raw[:1] != b"{":
+        raise CorruptModelFileError(f"{where}: tensor table does not start with '{{'.")
+    meta, why = _strict_json(raw)
+    if why is not None:
+        raise CorruptModelFileError(f"{where}: tensor table is not valid: {why}.")
+    if not isinstance(meta, dict) or len(meta) > MAX_TENSORS + 1:
+        raise CorruptModelFileError(
+            f"{where}: tensor table is not an object of at most {MAX_TENSORS} tensors.")
+    data_start = 8 + hlen
+    data_len = n - data_start
+    entries = []
     for name, info in meta.items():
         if name == "__metadata__":
+            if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise CorruptModelFileError(
+                    f"{where}: tensor table's __metadata__ is not an object of strings.")
             continue
-        dtype = info.get("dtype") if isinstance(info, dict) else None
-        if dtype not in ("F32",):
+        entries.append(_check_tensor_entry(where, name, info, data_len))
+    if len(entries) > MAX_TENSORS:
+        raise CorruptModelFileError(f"{where}: more than {MAX_TENSORS} tensors.")
+    entries.sort(key=lambda e: (e[0], e[1]))
+    pos = 0
+    for begin, end, name, _ in entries:
+        if begin != pos:
             raise CorruptModelFileError(
-                f"{where}: tensor '{name}' has dtype {dtype!r}; model files hold float32 only.")
-    try:
-        arrays = st_load(bytes(blob))
-    except (SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as e:
-        raise CorruptModelFileError(f"{where}: tensor data is invalid ({e}).") from None
-    return {k: np.array(v, dtype=np.float32, copy=True) for k, v in arrays.items()}
+                f"{where}: tensor {_short(name)} occupies bytes [{begin}, {end}) but the next "
+                f"free byte is {pos} (tensor data must be back to back, without gaps or "
+                "overlaps).")
+        pos = end
+    if pos != data_len:
+        raise CorruptModelFileError(
+            f"{where}: the tensors cover {pos} bytes of data but the section holds {data_len}.")
+    out = {}
+    for begin, end, name, shape in entries:
+        count = (end - begin) // 4
+        a = np.frombuffer(blob, dtype=_TENSOR_DTYPES["F32"], count=count,
+                          offset=data_start + begin)
+        out[name] = a.reshape(shape).astype(np.float32, copy=True)
+    return out
+
+
+def _check_tensor_entry(where, name, info, data_len):
+    """Validate one tensor table entry; return (begin, end, name, shape)."""
+    label = f"{where}: tensor {_short(name)}"
+    if not name:
+        raise CorruptModelFileError(f"{where}: a tensor has an empty name.")
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise CorruptModelFileError(
+            f"{label} is not described by exactly dtype, shape and data_offsets "
+            f"({_short(info)}).")
+    dtype = info["dtype"]
+    if not isinstance(dtype, str) or dtype not in _TENSOR_DTYPES:
+        raise CorruptModelFileError(
+            f"{label} has dtype {_short(dtype)}; model files hold float32 (F32) only.")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
+            and all(_is_int(d) and d >= 0 for d in shape)):
+        raise CorruptModelFileError(
+            f"{label} has an invalid shape {_short(shape)} (a list of at most {MAX_NDIM} "
+            "non-negative integers).")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_len):
+        raise CorruptModelFileError(
+            f"{label} has invalid data_offsets {_short(offsets)} (the data holds {data_len} "
+            "bytes).")
+    itemsize = _TENSOR_DTYPES[dtype].itemsize
+    # Bound the declared shape by the data before multiplying it out: even a
+    # zero-size tensor may not declare more elements than the data could hold.
+    # A zero-size tensor holds no data, but its other dimensions are still
+    # bounded so that no later product of them can become absurd.
+    if 0 in shape:
+        if any(d > 2**31 for d in shape):
+            raise CorruptModelFileError(
+                f"{label} declares an absurd shape {_short(shape)}.")
+        count = 0
+    else:
+        count = 1
+        for d in shape:
+            count *= d
+            if count * itemsize > data_len:
+                raise CorruptModelFileError(
+                    f"{label} declares shape {_short(shape)}, larger than the section's "
+                    f"{data_len} bytes of data.")
+    if count * itemsize != offsets[1] - offsets[0]:
+        raise CorruptModelFileError(
+            f"{label} has shape {_short(shape)} ({count * itemsize} bytes of {dtype}) but "
+            f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes.")
+    return offsets[0], offsets[1], name, tuple(shape)
 
 
 def encode_tensors(arrays):

@@ -1,0 +1,50 @@
+"""Frozen fixtures: every file version that ever shipped loads and predicts as recorded."""
+
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import toolkit as tc
+from toolkit import _model
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+AC_DIRS = sorted(glob.glob(os.path.join(FIXTURES, "activity_classifier", "v*")))
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_every_task_has_a_fixture_of_its_current_version():
+    for task in _model._TASKS:
+        cls = _model._task_class(task)
+        folder = os.path.join(FIXTURES, task, f"v{cls._FILE_VERSION}")
+        assert os.path.isfile(os.path.join(folder, "SHA256SUMS")), \
+            f"no frozen fixture for {task} file version {cls._FILE_VERSION} in {folder}"
+
+
+@pytest.mark.parametrize("folder", AC_DIRS, ids=os.path.basename)
+def test_fixture_files_are_unchanged(folder):
+    with open(os.path.join(folder, "SHA256SUMS")) as f:
+        sums = [line.split() for line in f if line.strip()]
+    assert sums
+    for digest, name in sums:
+        assert _sha256(os.path.join(folder, name)) == digest, \
+            f"{name} changed: fixtures are frozen, never regenerated"
+
+
+@pytest.mark.parametrize("folder", AC_DIRS, ids=os.path.basename)
+def test_activity_classifier_fixture_reproduces_recorded_outputs(folder):
+    model = tc.load_model(os.path.join(folder, "model.model"))
+    data = pd.read_csv(os.path.join(folder, "input.csv"))
+    expected = np.load(os.path.join(folder, "expected_probabilities.npy"), allow_pickle=False)
+    got = np.stack(model.predict(data, output_type="probability_vector"))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    with open(os.path.join(folder, "expected_classes.txt")) as f:
+        classes = f.read().split()
+    assert list(map(str, model.predict(data))) == classes
