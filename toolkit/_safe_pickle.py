@@ -27,11 +27,12 @@ NUMPY_GLOBALS = frozenset({
 
 
 class _Restricted(pickle.Unpickler):
-    def __init__(self, file, allowed, resolve, what):
+    def __init__(self, file, allowed, resolve, what, persistent=None):
         super().__init__(file, encoding="latin1")
         self._allowed = allowed
         self._resolve = resolve
         self._what = what
+        self._persistent = persistent
 
     def find_class(self, module, name):
         if (module, name) not in self._allowed:
@@ -44,7 +45,12 @@ class _Restricted(pickle.Unpickler):
         return super().find_class(module, name)
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self._what} uses persistent ids, which are not allowed here.")
+        # The C unpickler binds this method when it is created, so a hook given
+        # later would be ignored: the hook is passed to the constructor instead.
+        if self._persistent is None:
+            raise UnsafePickleError(
+                f"{self._what} uses persistent ids, which are not allowed here.")
+        return self._persistent(pid)
 
 
 def restricted_loads(data, allowed=NUMPY_GLOBALS, resolve=None, what="The file",
@@ -55,9 +61,7 @@ def restricted_loads(data, allowed=NUMPY_GLOBALS, resolve=None, what="The file",
     (e.g. to rebuild torch tensors without torch). ``persistent_load`` handles
     persistent ids where the format uses them.
     """
-    up = _Restricted(io.BytesIO(data), allowed, resolve, what)
-    if persistent_load is not None:
-        up.persistent_load = persistent_load
+    up = _Restricted(io.BytesIO(data), allowed, resolve, what, persistent_load)
     try:
         return up.load()
     except UnsafePickleError:
