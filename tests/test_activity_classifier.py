@@ -1,6 +1,5 @@
 """Activity classifier: API behaviour a user relies on, and bad input."""
 
-import warnings
 
 import numpy as np
 import pandas as pd

@@ -54,8 +54,6 @@ Example (inside a task's exporter)::
 """
 
 import json
-import os
-import uuid
 
 import numpy as np
 
@@ -275,23 +273,10 @@ def save_model(model, path):
         data = model.SerializeToString()
     except Exception as e:  # noqa: BLE001 - any protobuf failure is an export failure
         raise ExportError(f"Cannot serialise the ONNX model: {e}") from e
-    directory = os.path.dirname(full)
-    tmp = os.path.join(directory, f".{os.path.basename(full)}.{uuid.uuid4().hex}.tmp")
+    # The same atomic write as model files: temp file, fsync, rename; normal permissions.
+    from ._model_file import atomic_write
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, full)
-        tmp = None
+        atomic_write(full, data)
     except OSError as e:
         raise ExportError(f"Cannot write the ONNX model to '{path}': {e}") from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return full
