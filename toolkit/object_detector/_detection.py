@@ -1,0 +1,179 @@
+"""Numpy parts of the detector: decoding the head's output, NMS, and mAP.
+
+Everything here works on **relative** boxes ``(x, y, width, height)``, centre
+based, in [0, 1] of the image, except :func:`average_precision`, which takes
+pixel boxes.
+"""
+
+import numpy as np
+
+MAX_DETECTIONS = 100
+#: The IoU thresholds of COCO's AP@[0.5:0.95] and its 101 recall points.
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def decode(raw, anchors, num_classes):
+    """Raw head output (A*(5+C), G, G) of one image -> (coords (N, 4), confidence (N, C)).
+
+    Box ``n = a * G * G + row * G + col`` (the order of the Core ML export).
+    ``confidence[n, c] = sigmoid(objectness) * softmax(class logits)[c]``;
+    ``coords`` are relative centre x, y, width, height.
+    """
+    anchors = np.asarray(anchors, np.float64)
+    A = len(anchors)
+    G = raw.shape[-1]
+    r = raw.astype(np.float64).reshape(A, 5 + num_classes, G, G)
+    cols = np.arange(G)[None, None, :]
+    rows = np.arange(G)[None, :, None]
+    x = (cols + _sigmoid(r[:, 0])) / G
+    y = (rows + _sigmoid(r[:, 1])) / G
+    w = np.exp(r[:, 2]) * anchors[:, 0, None, None] / G
+    h = np.exp(r[:, 3]) * anchors[:, 1, None, None] / G
+    obj = _sigmoid(r[:, 4])
+    logits = r[:, 5:]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
+    conf = obj[:, None] * probs                                   # (A, C, G, G)
+    coords = np.stack([x, y, w, h], axis=-1).reshape(-1, 4)
+    confidence = conf.transpose(0, 2, 3, 1).reshape(-1, num_classes)
+    return coords, confidence
+
+
+def iou_matrix(a, b):
+    """IoU of centre-based boxes a (N, 4) against b (M, 4) -> (N, M)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    ax0, ay0 = a[:, 0] - a[:, 2] / 2, a[:, 1] - a[:, 3] / 2
+    ax1, ay1 = a[:, 0] + a[:, 2] / 2, a[:, 1] + a[:, 3] / 2
+    bx0, by0 = b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2
+    bx1, by1 = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    iw = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(ax0[:, None], bx0[None]),
+                 0, None)
+    ih = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(ay0[:, None], by0[None]),
+                 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def non_maximum_suppression(coords, confidence, iou_threshold, confidence_threshold,
+                            max_boxes=MAX_DETECTIONS):
+    """Class-agnostic greedy NMS, as Core ML's ``NonMaximumSuppression`` model does it.
+
+    Each box scores its highest class confidence; boxes scoring below
+    ``confidence_threshold`` are dropped; going down the scores, a box is kept
+    unless its IoU with an already kept box exceeds ``iou_threshold``; at most
+    ``max_boxes`` are kept. Returns the kept indices, best first.
+    """
+    score = confidence.max(axis=1) if len(confidence) else np.zeros(0)
+    cand = np.flatnonzero(score >= confidence_threshold)
+    cand = cand[np.argsort(-score[cand], kind="mergesort")]
+    keep = []
+    for i in cand:
+        if len(keep) >= max_boxes:
+            break
+        if keep and iou_matrix(coords[i:i + 1], coords[keep]).max() > iou_threshold:
+            continue
+        keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)
+
+
+def clip_relative(coords):
+    """Clip centre-based relative boxes to the image [0, 1]^2."""
+    x0 = np.clip(coords[:, 0] - coords[:, 2] / 2, 0, 1)
+    y0 = np.clip(coords[:, 1] - coords[:, 3] / 2, 0, 1)
+    x1 = np.clip(coords[:, 0] + coords[:, 2] / 2, 0, 1)
+    y1 = np.clip(coords[:, 1] + coords[:, 3] / 2, 0, 1)
+    return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=1)
+
+
+# --- mean average precision (COCO's algorithm) ---------------------------------------------
+
+def _xywh_corner(boxes):
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 2], b[:, 3]], axis=1)
+
+
+def _iou_corner(d, g):
+    """IoU of corner boxes (x0, y0, w, h), as pycocotools computes it (no +1)."""
+    dx1, dy1 = d[:, 0] + d[:, 2], d[:, 1] + d[:, 3]
+    gx1, gy1 = g[:, 0] + g[:, 2], g[:, 1] + g[:, 3]
+    iw = np.clip(np.minimum(dx1[:, None], gx1[None]) - np.maximum(d[:, 0, None], g[None, :, 0]),
+                 0, None)
+    ih = np.clip(np.minimum(dy1[:, None], gy1[None]) - np.maximum(d[:, 1, None], g[None, :, 1]),
+                 0, None)
+    inter = iw * ih
+    union = (d[:, 2] * d[:, 3])[:, None] + (g[:, 2] * g[:, 3])[None] - inter
+    return inter / np.maximum(union, np.finfo(np.float64).tiny)
+
+
+def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THRESHOLDS):
+    """Per class and IoU threshold average precision, with COCO's algorithm.
+
+    ``ground_truth`` and ``predictions`` are per image lists of
+    ``(class_index, x, y, width, height[, confidence])`` in pixels (centre
+    based). Per image and class, the ``100`` most confident predictions are
+    matched greedily (most confident first) to the unmatched ground truth box
+    of highest IoU >= threshold; over all images, precision is made monotone
+    and read at 101 recall points (0, 0.01, ..., 1) and averaged, exactly as
+    ``pycocotools.cocoeval.COCOeval`` does for ``iouType='bbox'``, area 'all'
+    and ``maxDets=100``. Returns ``(T, C)`` AP values, NaN for a class
+    without ground truth.
+    """
+    C, T = len(classes), len(iou_thresholds)
+    scores = [[[] for _ in range(T)] for _ in range(C)]   # per class/threshold: (score, tp)
+    n_gt = np.zeros(C, np.int64)
+    for gts, dts in zip(ground_truth, predictions):
+        gts = np.asarray(gts, np.float64).reshape(-1, 5)
+        dts = np.asarray(dts, np.float64).reshape(-1, 6)
+        for c in range(C):
+            g = gts[gts[:, 0] == c]
+            d = dts[dts[:, 0] == c]
+            n_gt[c] += len(g)
+            if len(d) == 0:
+                continue
+            d = d[np.argsort(-d[:, 5], kind="mergesort")][:MAX_DETECTIONS]
+            if len(g) == 0:
+                for t in range(T):
+                    scores[c][t].append(np.stack([d[:, 5], np.zeros(len(d))], axis=1))
+                continue
+            ious = _iou_corner(_xywh_corner(d[:, 1:5]), _xywh_corner(g[:, 1:5]))
+            for t, thr in enumerate(iou_thresholds):
+                taken = np.zeros(len(g), bool)
+                tp = np.zeros(len(d))
+                for i in range(len(d)):
+                    best, m = min(thr, 1 - 1e-10), -1
+                    for j in range(len(g)):
+                        if taken[j] or ious[i, j] < best:
+                            continue
+                        best, m = ious[i, j], j
+                    if m >= 0:
+                        taken[m] = True
+                        tp[i] = 1
+                scores[c][t].append(np.stack([d[:, 5], tp], axis=1))
+    ap = np.full((T, C), np.nan)
+    for c in range(C):
+        if n_gt[c] == 0:
+            continue
+        for t in range(T):
+            if not scores[c][t]:
+                ap[t, c] = 0.0
+                continue
+            st = np.concatenate(scores[c][t])
+            order = np.argsort(-st[:, 0], kind="mergesort")
+            tp = np.cumsum(st[order, 1])
+            fp = np.cumsum(1 - st[order, 1])
+            rc = tp / n_gt[c]
+            pr = tp / np.maximum(tp + fp, np.spacing(1))
+            pr = np.maximum.accumulate(pr[::-1])[::-1]
+            idx = np.searchsorted(rc, RECALL_POINTS, side="left")
+            q = np.zeros(len(RECALL_POINTS))
+            ok = idx < len(pr)
+            q[ok] = pr[idx[ok]]
+            ap[t, c] = q.mean()
+    return ap

@@ -1,0 +1,288 @@
+"""Core ML export of the object detector: network + NonMaximumSuppression pipeline.
+
+The network (a Core ML ``neuralNetwork``, specification 1 layers only) holds
+the whole prediction network and the box decoding:
+
+==================  ===========================================================
+part                Core ML
+==================  ===========================================================
+input               image, RGB, 224x224, named after the image column; scaled
+                    to [-1, 1] by the preprocessing (``x / 127.5 - 1``)
+backbone            EfficientNet-Lite0 up to its 1x1 head convolution, the
+                    layers of the image classifier's export (1280 x 7 x 7)
+head                ``head.conv1`` 1x1 + LeakyReLU(0.1); ``head.fine`` 3x3
+                    stride 2 on block 10's 14x14 output + LeakyReLU(0.1);
+                    concat; ``head.conv2`` 3x3 + LeakyReLU(0.1)
+decoding            the rows of ``head.out`` split into 1x1 convolutions per
+                    quantity (no slice layers): x and y -> sigmoid -> ``scale``
+                    (1/7, plus the cell offset / 7); w and h -> ``unary`` exp ->
+                    ``scale`` (anchor / 7); per anchor, class logits ->
+                    softmax, objectness (repeated C times) -> sigmoid,
+                    multiplied; ``reshape`` / ``permute`` to one row per box
+outputs             ``confidence`` (N, C) and ``coordinates`` (N, 4) (relative
+                    centre x, y, width, height), N = 9 anchors x 7 x 7 = 441
+==================  ===========================================================
+
+With ``include_non_maximum_suppression`` the network's outputs are renamed
+``raw_confidence`` / ``raw_coordinates`` and fed to a
+``NonMaximumSuppression`` model in a pipeline (specification 3, iOS 12 /
+macOS 10.14) whose outputs ``confidence`` and ``coordinates`` hold the kept
+boxes; ``iouThreshold`` and ``confidenceThreshold`` are optional inputs
+overriding the stored thresholds.
+"""
+
+import numpy as np
+
+from .. import _coreml
+from .._mx import get_weights
+from ..errors import ExportError, InvalidParameterError
+from ..image_classifier._export import _Writer
+from ..pretrained import _efficientnet
+from . import _net
+
+TASK_TITLE = "Object detector"
+
+
+def _backbone_map(writer, x):
+    """The backbone's layers up to its head convolution (no pooling): (fine, coarse) blobs."""
+    size = _efficientnet.IMAGE_SIZE
+    x = writer.convbn("stem", x, 3, _efficientnet.STEM_CHANNELS, 3, 2, size)
+    _, size = _efficientnet.same_padding(size, 3, 2)
+    for i, (k, s, e, cin, cout) in enumerate(_efficientnet.block_specs()):
+        mid = cin * e
+        y = x
+        if e != 1:
+            y = writer.convbn(f"blocks.{i}.expand", y, cin, mid, 1, 1, size)
+        y = writer.convbn(f"blocks.{i}.depthwise", y, mid, mid, k, s, size, groups=mid)
+        _, out_size = _efficientnet.same_padding(size, k, s)
+        y = writer.convbn(f"blocks.{i}.project", y, mid, cout, 1, 1, out_size, act=False)
+        if s == 1 and cin == cout:
+            writer.b.add_elementwise(f"blocks_{i}_add", input_names=[y, x],
+                                     output_name=f"blocks_{i}_add", mode="ADD")
+            y = f"blocks_{i}_add"
+        x, size = y, out_size
+        if i == _net.FINE_BLOCK:
+            fine = x
+    return fine, writer.convbn("head", x, _efficientnet.STAGES[-1][5], _efficientnet.HEAD_CHANNELS,
+                         1, 1, size)
+
+
+def _conv(b, name, W, bias, x, kernel=1, pad=0, stride=1):
+    """Convolution with weights (cout, cin, k, k) and bias (cout,)."""
+    cout, cin = W.shape[:2]
+    b.add_convolution(name, kernel_channels=cin, output_channels=cout, height=kernel,
+                      width=kernel, stride_height=stride, stride_width=stride,
+                      border_mode="valid",
+                      groups=1, W=np.ascontiguousarray(W.transpose(2, 3, 1, 0)),
+                      b=np.asarray(bias, np.float32), has_bias=True, input_name=x,
+                      output_name=name, padding_top=pad, padding_bottom=pad, padding_left=pad,
+                      padding_right=pad)
+    return name
+
+
+def build_network(model, conf_name, coord_name):
+    """The Core ML neural network spec (decoded boxes, no NMS)."""
+    ct = _coreml.coremltools_module()
+    datatypes = ct.models.datatypes
+    s = model._state
+    feature = str(s["feature"])
+    A, C, G = len(s["anchors"]), len(s["classes"]), _net.GRID
+    N = A * G * G
+    anchors = np.asarray(s["anchors"], np.float32)
+    w = get_weights(model._net)
+    size = _net.IMAGE_SIZE
+    b = ct.models.neural_network.NeuralNetworkBuilder(
+        [(feature, datatypes.Array(3, size, size))],
+        [(conf_name, datatypes.Array(N, C)), (coord_name, datatypes.Array(N, 4))])
+    fine, x = _backbone_map(_Writer(b, w), feature)
+    x = _conv(b, "head_conv1", w["head.conv1.weight"], w["head.conv1.bias"], x)
+    b.add_activation("head_conv1_leaky", "LEAKYRELU", x, "head_conv1_leaky", params=[0.1])
+    y = _conv(b, "head_fine", w["head.fine.weight"], w["head.fine.bias"], fine, kernel=3,
+              pad=1, stride=2)
+    b.add_activation("head_fine_leaky", "LEAKYRELU", y, "head_fine_leaky", params=[0.1])
+    b.add_elementwise("head_concat", input_names=["head_conv1_leaky", "head_fine_leaky"],
+                      output_name="head_concat", mode="CONCAT")
+    x = _conv(b, "head_conv2", w["head.conv2.weight"], w["head.conv2.bias"],
+              "head_concat", kernel=3, pad=1)
+    b.add_activation("head_conv2_leaky", "LEAKYRELU", x, "hidden", params=[0.1])
+    Wo, bo = w["head.out.weight"], w["head.out.bias"]
+    rows = lambda k: [a * (5 + C) + k for a in range(A)]  # noqa: E731
+    # Box centres: (cell + sigmoid(t)) / G.
+    xy = rows(0) + rows(1)
+    _conv(b, "out_xy", Wo[xy], bo[xy], "hidden")
+    b.add_activation("out_xy_sigmoid", "SIGMOID", "out_xy", "out_xy_sigmoid")
+    offset = np.zeros((2 * A, G, G), np.float32)
+    offset[:A] = np.arange(G)[None, None, :] / G
+    offset[A:] = np.arange(G)[None, :, None] / G
+    b.add_scale("xy", W=np.array([1.0 / G], np.float32), b=offset, has_bias=True,
+                input_name="out_xy_sigmoid", output_name="xy", shape_scale=[1],
+                shape_bias=[2 * A, G, G])
+    # Box sizes: exp(t) * anchor / G.
+    wh = rows(2) + rows(3)
+    _conv(b, "out_wh", Wo[wh], bo[wh], "hidden")
+    b.add_unary("out_wh_exp", "out_wh", "out_wh_exp", mode="exp")
+    b.add_scale("wh", W=np.concatenate([anchors[:, 0], anchors[:, 1]]).reshape(2 * A, 1, 1) / G,
+                b=None, has_bias=False, input_name="out_wh_exp", output_name="wh",
+                shape_scale=[2 * A, 1, 1])
+    b.add_elementwise("boxes", input_names=["xy", "wh"], output_name="boxes", mode="CONCAT")
+    # (4A, G, G), channel k*A + a -> (4, N, 1) -> (N, 4, 1): row n = a*G*G + cell.
+    b.add_reshape("boxes_flat", "boxes", "boxes_flat", target_shape=(1, 4, N, 1), mode=0)
+    b.add_permute("boxes_perm", dim=(0, 2, 1, 3), input_name="boxes_flat",
+                  output_name=coord_name)
+    # Class confidence per anchor: sigmoid(objectness) * softmax(class logits).
+    parts = []
+    for a in range(A):
+        base = a * (5 + C)
+        _conv(b, f"out_cls{a}", Wo[base + 5:base + 5 + C], bo[base + 5:base + 5 + C], "hidden")
+        b.add_softmax(f"out_cls{a}_softmax", f"out_cls{a}", f"out_cls{a}_softmax")
+        _conv(b, f"out_obj{a}", Wo[[base + 4] * C], bo[[base + 4] * C], "hidden")
+        b.add_activation(f"out_obj{a}_sigmoid", "SIGMOID", f"out_obj{a}", f"out_obj{a}_sigmoid")
+        b.add_elementwise(f"conf{a}", input_names=[f"out_cls{a}_softmax", f"out_obj{a}_sigmoid"],
+                          output_name=f"conf{a}", mode="MULTIPLY")
+        parts.append(f"conf{a}")
+    b.add_elementwise("conf", input_names=parts, output_name="conf", mode="CONCAT")
+    # (A*C, G, G), channel a*C + c -> (A, C, G*G) -> (A, G*G, C) -> (N, C, 1).
+    b.add_reshape("conf_split", "conf", "conf_split", target_shape=(1, A, C, G * G), mode=0)
+    b.add_permute("conf_perm", dim=(0, 1, 3, 2), input_name="conf_split",
+                  output_name="conf_perm")
+    b.add_reshape("conf_rows", "conf_perm", conf_name, target_shape=(1, N, C, 1), mode=0)
+    b.set_pre_processing_parameters(
+        image_input_names=[feature], is_bgr=False, red_bias=_net.INPUT_BIAS,
+        green_bias=_net.INPUT_BIAS, blue_bias=_net.INPUT_BIAS, image_scale=_net.INPUT_SCALE)
+    return b.spec
+
+
+def export_coreml(model, path, include_non_maximum_suppression=True, iou_threshold=None,
+                  confidence_threshold=None):
+    """Export the detector as a Core ML model (``.mlmodel``).
+
+    Input: an **RGB image of 224x224 pixels** named after the image column
+    (stretch the photo to fill, as ``predict`` does; Vision's
+    ``.scaleFill``). Outputs: ``confidence`` (boxes x classes, in
+    ``model.classes`` order, also in the metadata ``classes``) and
+    ``coordinates`` (boxes x [x, y, width, height], centre based, relative to
+    the image size).
+
+    With ``include_non_maximum_suppression`` (default) the model is a
+    pipeline of the network and Core ML's ``NonMaximumSuppression``
+    (iOS 12+, macOS 10.14+); it returns the kept boxes, which are the boxes of
+    ``model.predict`` (class-agnostic NMS on each box's best class). Without
+    it, all 441 decoded boxes come out unsorted, and the app does the NMS.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    include_non_maximum_suppression : bool
+    iou_threshold : float, optional
+        Default of the NMS IoU threshold (``None``: the model's 0.45);
+        overridable at prediction time with the optional input
+        ``iouThreshold``.
+    confidence_threshold : float, optional
+        Default confidence threshold (``None``: 0.25), overridable with
+        ``confidenceThreshold``.
+
+    Raises
+    ------
+    toolkit.errors.ExportError, toolkit.errors.InvalidParameterError
+
+    Examples
+    --------
+    >>> model.export_coreml('Detector.mlmodel')                  # doctest: +SKIP
+    """
+    from ._model import _check_fraction
+    full_path = _coreml.check_export_path(path)
+    if not isinstance(include_non_maximum_suppression, bool):
+        raise InvalidParameterError("'include_non_maximum_suppression' must be True or False, "
+                                    f"got {include_non_maximum_suppression!r}.")
+    iou = model._iou(iou_threshold)
+    conf_t = 0.25 if confidence_threshold is None else _check_fraction(
+        confidence_threshold, "confidence_threshold")
+    s = model._state
+    feature = str(s["feature"])
+    if feature in ("confidence", "coordinates", "raw_confidence", "raw_coordinates",
+                   "iouThreshold", "confidenceThreshold"):
+        raise ExportError(f"Cannot export: the image column '{feature}' clashes with a Core ML "
+                          "input/output name. Rename the image column and retrain.")
+    ct = _coreml.coremltools_module()
+    C = len(s["classes"])
+    N = len(s["anchors"]) * _net.GRID ** 2
+    try:
+        if not include_non_maximum_suppression:
+            spec = build_network(model, "confidence", "coordinates")
+        else:
+            nn_spec = build_network(model, "raw_confidence", "raw_coordinates")
+            spec = _pipeline(ct, nn_spec, feature, s["classes"], C, N, iou, conf_t)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ExportError(f"Cannot build the Core ML model: {e}") from e
+    _coreml.set_metadata(spec, model._TASK, model._FILE_VERSION, {
+        "model": s["model"], "feature": feature, "annotations": s["annotations"],
+        "classes": [str(c) for c in s["classes"]], "max_iterations": s.get("max_iterations"),
+        "training_iterations": s.get("training_iterations"),
+        "include_non_maximum_suppression": include_non_maximum_suppression,
+        "non_maximum_suppression_threshold": s["non_maximum_suppression_threshold"],
+        "iou_threshold": iou, "confidence_threshold": conf_t,
+    }, task_title=TASK_TITLE + (" with non-maximum suppression"
+                                if include_non_maximum_suppression else ""))
+    desc = {feature: (f"Input image: RGB, {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE} (scale the photo "
+                      "to fill; pixel values 0-255 are scaled by the model)"),
+            "confidence": 'Boxes × Class confidence (see user-defined metadata "classes")',
+            "coordinates": "Boxes × [x, y, width, height] (relative to image size)"}
+    if include_non_maximum_suppression:
+        desc["iouThreshold"] = f"(optional) IOU Threshold override (default: {iou})"
+        desc["confidenceThreshold"] = (
+            f"(optional) Confidence Threshold override (default: {conf_t})")
+    _coreml.describe_features(spec, desc)
+    _coreml.save_spec(spec, full_path)
+
+
+def _pipeline(ct, nn_spec, feature, classes, C, N, iou, conf_t):
+    pb = ct.proto.Model_pb2
+    FT = ct.proto.FeatureTypes_pb2
+    nn_spec.specificationVersion = 3
+    for out in nn_spec.description.output:
+        out.type.multiArrayType.dataType = FT.ArrayFeatureType.DOUBLE
+    nms = pb.Model()
+    nms.specificationVersion = 3
+    for name, shape in (("raw_confidence", (N, C)), ("raw_coordinates", (N, 4))):
+        f = nms.description.input.add()
+        f.name = name
+        f.type.multiArrayType.dataType = FT.ArrayFeatureType.DOUBLE
+        f.type.multiArrayType.shape.extend(shape)
+    for name in ("iouThreshold", "confidenceThreshold"):
+        f = nms.description.input.add()
+        f.name = name
+        f.type.doubleType.SetInParent()
+        f.type.isOptional = True
+    for name, width in (("confidence", C), ("coordinates", 4)):
+        f = nms.description.output.add()
+        f.name = name
+        t = f.type.multiArrayType
+        t.dataType = FT.ArrayFeatureType.DOUBLE
+        t.shape.extend([N, width])
+        r = t.shapeRange.sizeRanges.add()
+        r.lowerBound, r.upperBound = 0, -1
+        r = t.shapeRange.sizeRanges.add()
+        r.lowerBound, r.upperBound = width, width
+    p = nms.nonMaximumSuppression
+    p.confidenceInputFeatureName = "raw_confidence"
+    p.coordinatesInputFeatureName = "raw_coordinates"
+    p.confidenceOutputFeatureName = "confidence"
+    p.coordinatesOutputFeatureName = "coordinates"
+    p.iouThresholdInputFeatureName = "iouThreshold"
+    p.confidenceThresholdInputFeatureName = "confidenceThreshold"
+    p.iouThreshold = float(iou)
+    p.confidenceThreshold = float(conf_t)
+    if all(isinstance(c, str) for c in classes):
+        p.stringClassLabels.vector.extend(classes)
+    else:
+        p.int64ClassLabels.vector.extend(int(c) for c in classes)
+    spec = pb.Model()
+    spec.specificationVersion = 3
+    spec.description.input.add().CopyFrom(nn_spec.description.input[0])
+    for f in nms.description.input[2:]:
+        spec.description.input.add().CopyFrom(f)
+    for f in nms.description.output:
+        spec.description.output.add().CopyFrom(f)
+    spec.pipeline.models.add().CopyFrom(nn_spec)
+    spec.pipeline.models.add().CopyFrom(nms)
+    return spec

@@ -1,0 +1,666 @@
+"""ObjectDetector: create, predict, evaluate, save/load, Core ML export.
+
+Design: a **frozen** EfficientNet-Lite0 backbone (ImageNet weights,
+:mod:`toolkit.pretrained`) gives a 1280-channel 7x7 feature map of each
+224x224 image (stretched, no letterbox); a small YOLO-style anchor head
+(:mod:`._net`) is trained on those features. Features are computed once, in
+streamed batches, into a float16 memory-mapped temporary file (164 KB per
+image, on disk: memory does not grow with the number of images), so training
+the head takes seconds to minutes on 2 CPU cores. Loss: YOLOv2's (Turi
+Create's weights: xy 10, wh 10/2 Huber on log sizes, objectness 100 on
+responsible anchors and 5 on background, class 2), Adam.
+
+File versions of the ``object_detector`` task:
+
+1. First release. *Weights* (float32, structural names): ``backbone.*``
+   (EfficientNet-Lite0 without its classifier) and ``head.conv1.*``,
+   ``head.fine.*``, ``head.conv2.*``, ``head.out.*`` (see :mod:`._net`). *State* (JSON):
+   ``feature``, ``annotations``, ``classes``, ``model``
+   (``"efficientnet-lite0-yolo"``), ``anchors`` (grid cells), ``grid_shape``,
+   ``input_image_shape``, ``non_maximum_suppression_threshold``,
+   ``num_classes``, ``num_examples``, ``num_bounding_boxes``, ``batch_size``,
+   ``max_iterations``, ``training_iterations``, ``training_epochs``,
+   ``training_loss``, ``training_time``, ``feature_extraction_time``,
+   ``random_seed``.
+"""
+
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import _images
+from .. import _validate as V
+from .._model import Model
+from .._mx import get_weights, mx
+from .._progress import ProgressTable, say
+from ..errors import (ColumnNotFoundError, CorruptModelFileError, DataError,
+                      InvalidParameterError)
+from ..pretrained import _efficientnet
+from . import _annotations, _detection, _net
+
+FILE_VERSION = 1
+MODELS = ("efficientnet-lite0-yolo",)
+DEFAULT_MODEL = "efficientnet-lite0-yolo"
+DEFAULT_BATCH_SIZE = 32
+NETWORK_BATCH = 16
+METRICS = ("average_precision_50", "average_precision", "mean_average_precision_50",
+           "mean_average_precision")
+# Loss weights (Turi Create's YOLO loss).
+_LMB_XY, _LMB_WH, _LMB_OBJ, _LMB_NOOBJ, _LMB_CLASS = 10.0, 10.0, 100.0, 5.0, 2.0
+_LEARNING_RATE = 1e-3
+
+
+# --- image decoding -----------------------------------------------------------------------
+
+def _decode(values, start, column, index):
+    """Cells -> (uint8 (B, 224, 224, 3), [(width, height)]) ; sizes are the originals."""
+    from PIL import Image
+    size = _net.IMAGE_SIZE
+    out = np.empty((len(values), size, size, 3), np.uint8)
+    sizes = []
+    for i, v in enumerate(values):
+        pos = start + i
+        img = _images.load_image(v, _images._where(column, index[pos], pos))
+        sizes.append(img.size)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(img, np.uint8)
+    return out, sizes
+
+
+def _batches(values, column, index, batch_size):
+    """Yield (start, pixels, sizes), decoding the next batch in a background thread."""
+    starts = list(range(0, len(values), batch_size))
+    with ThreadPoolExecutor(1) as pool:
+        fut = None
+        for k, s in enumerate(starts):
+            if fut is None:
+                fut = pool.submit(_decode, values[s:s + batch_size], s, column, index)
+            pixels, sizes = fut.result()
+            if k + 1 < len(starts):
+                n = starts[k + 1]
+                fut = pool.submit(_decode, values[n:n + batch_size], n, column, index)
+            yield s, pixels, sizes
+
+
+def _to_input(pixels, ctx):
+    return mx().nd.array(_images.to_network_input(pixels, _net.INPUT_SCALE, _net.INPUT_BIAS),
+                         ctx=ctx)
+
+
+def _prepare(block, n):
+    sample = mx().nd.zeros((max(1, min(NETWORK_BATCH, n)), 3, _net.IMAGE_SIZE, _net.IMAGE_SIZE))
+    return _efficientnet.prepare_for_inference(block, sample)
+
+
+# --- the model ----------------------------------------------------------------------------
+
+class ObjectDetector(Model):
+    """A trained object detector. Create one with :func:`create`.
+
+    Fields (also ``model['name']``): ``feature``, ``annotations``, ``classes``,
+    ``num_classes``, ``model``, ``anchors``, ``grid_shape``,
+    ``input_image_shape``, ``non_maximum_suppression_threshold``,
+    ``num_examples``, ``num_bounding_boxes``, ``batch_size``,
+    ``max_iterations``, ``training_iterations``, ``training_epochs``,
+    ``training_loss``, ``training_time``, ``feature_extraction_time``.
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> train = tc.datasets.detection_scenes(200)                  # doctest: +SKIP
+    >>> model = tc.object_detector.create(train)                   # doctest: +SKIP
+    >>> model.predict(train.iloc[:2])                              # doctest: +SKIP
+    """
+
+    _TASK = "object_detector"
+    _FILE_VERSION = FILE_VERSION
+    # {v: f}: f turns a version-v file into version v + 1 (none yet).
+    _MIGRATIONS = {}
+
+    def __init__(self, state, net):
+        self._state = dict(state)
+        self._net = net
+        self._ready = False
+
+    def _get_state(self):
+        return dict(self._state), get_weights(self._net)
+
+    @classmethod
+    def _from_state(cls, state, weights):
+        _check_state(state)
+        net = _net.build(len(state["anchors"]), len(state["classes"]), weights=weights)
+        return cls(state, net)
+
+    def __getattr__(self, name):
+        state = self.__dict__.get("_state")
+        if state is not None and name in state:
+            value = state[name]
+            return list(value) if isinstance(value, list) else value
+        raise AttributeError(f"'ObjectDetector' object has no attribute {name!r}")
+
+    def __getitem__(self, name):
+        if name not in self._state:
+            raise KeyError(f"No field {name!r}; fields: {', '.join(sorted(self._state))}.")
+        return getattr(self, name)
+
+    def summary(self, output=None):
+        """Describe the model; ``output='str'`` returns the text instead of printing it.
+
+        Examples
+        --------
+        >>> model.summary()                                      # doctest: +SKIP
+        """
+        s = self._state
+        rows = [("Schema", [("Model", s["model"]), ("Number of classes", s["num_classes"]),
+                            ("Non-maximum suppression threshold",
+                             s["non_maximum_suppression_threshold"]),
+                            ("Input image shape", tuple(s["input_image_shape"]))]),
+                ("Training summary", [("Training time (sec)", s.get("training_time")),
+                                      ("Training epochs", s.get("training_epochs")),
+                                      ("Training iterations", s.get("training_iterations")),
+                                      ("Number of examples (images)", s.get("num_examples")),
+                                      ("Number of bounding boxes (instances)",
+                                       s.get("num_bounding_boxes")),
+                                      ("Final loss (specific to model)",
+                                       s.get("training_loss"))])]
+        lines = ["Class                                    : ObjectDetector", ""]
+        for title, items in rows:
+            lines += [title, "-" * len(title)]
+            lines += [f"{k:<40} : {v:.4f}" if isinstance(v, float) else f"{k:<40} : {v}"
+                      for k, v in items]
+            lines.append("")
+        text = "\n".join(lines)
+        if output == "str":
+            return text
+        print(text)
+
+    def __repr__(self):
+        return self.summary(output="str")
+
+    # --- prediction ---------------------------------------------------------------------
+    def _raw(self, values, column, index, verbose=False):
+        """Yield (start, raw outputs (B, A(5+C), G, G) float32, sizes)."""
+        if not self._ready:
+            _prepare(self._net, len(values))
+            self._ready = True
+        from tqdm import tqdm
+        with tqdm(total=len(values), desc="Predicting", unit="img", disable=not verbose,
+                  mininterval=1.0) as bar:
+            for s, pixels, sizes in _batches(values, column, index, NETWORK_BATCH):
+                raw = self._net(_to_input(pixels, mx().cpu())).asnumpy()
+                bar.update(len(pixels))
+                yield s, raw, sizes
+
+    def _detect(self, raw, size, confidence_threshold, iou_threshold):
+        """One image's raw output -> annotation list (pixels), best first."""
+        coords, conf = _detection.decode(raw, self._state["anchors"], len(self._state["classes"]))
+        keep = _detection.non_maximum_suppression(coords, conf, iou_threshold,
+                                                  confidence_threshold)
+        W, H = size
+        boxes = _detection.clip_relative(coords[keep]) if len(keep) else np.zeros((0, 4))
+        out = []
+        for k, b in zip(keep, boxes):
+            c = int(np.argmax(conf[k]))
+            if b[2] <= 0 or b[3] <= 0:
+                continue
+            out.append({"label": self._state["classes"][c], "type": "rectangle",
+                        "coordinates": {"x": float(b[0] * W), "y": float(b[1] * H),
+                                        "width": float(b[2] * W), "height": float(b[3] * H)},
+                        "confidence": float(conf[k, c])})
+        return out
+
+    def predict(self, dataset, confidence_threshold=0.25, iou_threshold=None, verbose=False):
+        """Detect objects: a list of annotations per image, most confident first.
+
+        Parameters
+        ----------
+        dataset : pandas.DataFrame, pandas.Series of images, or one image
+            The DataFrame needs the image column the model was trained on.
+        confidence_threshold : float
+            Keep boxes whose best class confidence
+            (``P(object) * P(class | object)``) is at least this.
+        iou_threshold : float, optional
+            Non-maximum suppression: a box overlapping a more confident one
+            by more than this IoU is dropped (class-agnostic, as Core ML's
+            NMS does). ``None``: the model's 0.45.
+        verbose : bool
+
+        Returns
+        -------
+        pandas.Series of lists (one image in, one list out) of
+        ``{'label', 'type': 'rectangle', 'coordinates': {'x', 'y', 'width',
+        'height'}, 'confidence'}``, in pixels of the original image, x/y the
+        box centre. At most 100 boxes per image.
+
+        Examples
+        --------
+        >>> preds = model.predict(test)                              # doctest: +SKIP
+        >>> preds[0][0]['label'], preds[0][0]['confidence']          # doctest: +SKIP
+        ('face', 0.93)
+        """
+        import pandas as pd
+        confidence_threshold = _check_fraction(confidence_threshold, "confidence_threshold")
+        iou_threshold = self._iou(iou_threshold)
+        values, column, index, single = _image_input(dataset, self._state["feature"])
+        out = []
+        for _, raw, sizes in self._raw(values, column, index, verbose):
+            for r, size in zip(raw, sizes):
+                out.append(self._detect(r, size, confidence_threshold, iou_threshold))
+        if single:
+            return out[0]
+        result = pd.Series([None] * len(out), index=index, dtype=object)
+        for i, v in enumerate(out):
+            result.iloc[i] = v
+        return result
+
+    def _iou(self, iou_threshold):
+        if iou_threshold is None:
+            return float(self._state["non_maximum_suppression_threshold"])
+        return _check_fraction(iou_threshold, "iou_threshold")
+
+    def evaluate(self, dataset, metric="auto", confidence_threshold=0.001, iou_threshold=None,
+                 verbose=False):
+        """Average precision of the detections against the annotations.
+
+        AP is computed with COCO's algorithm (``pycocotools``' ``COCOeval``
+        for bounding boxes: 101-point interpolated precision, greedy matching
+        by confidence, at most 100 detections per image and class).
+
+        Parameters
+        ----------
+        dataset : pandas.DataFrame
+            With the model's image and annotations columns.
+        metric : str or list of str
+            ``'auto'``: ``average_precision_50`` and
+            ``mean_average_precision_50``; ``'all'`` adds
+            ``average_precision`` and ``mean_average_precision``
+            (AP averaged over IoU 0.5:0.05:0.95, COCO's main metric); or any
+            of those names, or a list of them.
+        confidence_threshold, iou_threshold : float
+            Passed to :meth:`predict` (defaults 0.001 and the model's 0.45).
+
+        Returns
+        -------
+        dict
+            ``{'average_precision_50': {class: AP}, 'mean_average_precision_50':
+            float, ...}``. A class without ground truth boxes is left out of
+            the per-class dicts and of the means.
+
+        Examples
+        --------
+        >>> scores = model.evaluate(test)                            # doctest: +SKIP
+        >>> print('mAP@0.5: {:.1%}'.format(scores['mean_average_precision_50']))
+        ...                                                          # doctest: +SKIP
+        """
+        metrics = _check_metrics(metric)
+        gt, preds = self._gt_and_predictions(dataset, confidence_threshold, iou_threshold,
+                                             verbose)
+        classes = self._state["classes"]
+        ap = _detection.average_precision(gt, preds, classes)
+        present = [c for c in range(len(classes)) if not np.isnan(ap[0, c])]
+        res = {}
+        for m in metrics:
+            table = ap[0] if m.endswith("_50") else ap.mean(axis=0)
+            if m.startswith("mean_"):
+                res[m] = float(np.mean(table[present])) if present else float("nan")
+            else:
+                res[m] = {classes[c]: float(table[c]) for c in present}
+        return res
+
+    def _gt_and_predictions(self, dataset, confidence_threshold, iou_threshold, verbose):
+        V.check_dataframe(dataset, "dataset")
+        ann_col = self._state["annotations"]
+        if ann_col not in dataset.columns:
+            raise ColumnNotFoundError(
+                f"The annotations column '{ann_col}' the model was trained on is not in "
+                f"'dataset' (columns: {', '.join(map(str, dataset.columns))}).")
+        rows = _annotations.parse_column(dataset[ann_col], ann_col)
+        confidence_threshold = _check_fraction(confidence_threshold, "confidence_threshold")
+        iou_threshold = self._iou(iou_threshold)
+        values, column, index, _ = _image_input(dataset, self._state["feature"])
+        class_index = {c: i for i, c in enumerate(self._state["classes"])}
+        counters = {"clipped": 0, "dropped": 0, "unknown": 0}
+        gt, preds = [], []
+        for s, raw, sizes in self._raw(values, column, index, verbose):
+            for i, (r, size) in enumerate(zip(raw, sizes)):
+                W, H = size
+                b = _annotations.to_boxes(rows[s + i], size, class_index, counters)
+                gt.append(np.column_stack([b[:, 0], b[:, 1] * W, b[:, 2] * H, b[:, 3] * W,
+                                           b[:, 4] * H]))
+                dets = self._detect(r, size, confidence_threshold, iou_threshold)
+                preds.append(np.array([[class_index[d["label"]], d["coordinates"]["x"],
+                                        d["coordinates"]["y"], d["coordinates"]["width"],
+                                        d["coordinates"]["height"], d["confidence"]]
+                                       for d in dets]).reshape(-1, 6))
+        _annotations.warn_counters(counters, ann_col)
+        return gt, preds
+
+    def export_coreml(self, path, include_non_maximum_suppression=True, iou_threshold=None,
+                      confidence_threshold=None):
+        from . import _export
+        return _export.export_coreml(self, path, include_non_maximum_suppression,
+                                     iou_threshold, confidence_threshold)
+
+    from ._export import export_coreml as _doc  # noqa: E402 - docstring only
+    export_coreml.__doc__ = _doc.__doc__
+    del _doc
+
+
+# --- validation helpers --------------------------------------------------------------------
+
+def _check_fraction(value, name):
+    if not _annotations._is_number(value) or not 0.0 <= float(value) <= 1.0:
+        raise InvalidParameterError(f"'{name}' must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def _check_metrics(metric):
+    if metric == "auto":
+        return ["average_precision_50", "mean_average_precision_50"]
+    if metric == "all":
+        return list(METRICS)
+    ms = [metric] if isinstance(metric, str) else metric
+    if not isinstance(ms, (list, tuple)) or not ms or any(m not in METRICS for m in ms):
+        raise InvalidParameterError(
+            f"'metric' must be 'auto', 'all', one of {', '.join(METRICS)} or a list of them; "
+            f"got {metric!r}.")
+    return list(ms)
+
+
+def _image_input(dataset, feature, name="dataset"):
+    from ..image_classifier._model import _image_input as ic_input
+    return ic_input(dataset, feature, name)
+
+
+def _check_state(state):
+    def bad(key, why):
+        raise CorruptModelFileError(
+            f"The object detector file's state field '{key}' {why}; the file is damaged or "
+            "was edited.")
+    if not isinstance(state, dict):
+        bad("state", "is not an object")
+    for key in ("feature", "annotations", "classes", "model", "anchors", "input_image_shape",
+                "non_maximum_suppression_threshold", "grid_shape"):
+        if key not in state:
+            bad(key, "is missing")
+    classes = state["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 1 and all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)
+            and len(set(classes)) == len(classes)):
+        bad("classes", "is not a list of distinct labels (str or int)")
+    if state["model"] not in MODELS:
+        bad("model", f"is {state['model']!r}, not one of {', '.join(MODELS)}")
+    anchors = state["anchors"]
+    if not (isinstance(anchors, list) and anchors and all(
+            isinstance(a, list) and len(a) == 2 and all(_annotations._is_number(v) and v > 0
+                                                        for v in a) for a in anchors)):
+        bad("anchors", "is not a list of [width, height] pairs > 0")
+    if state["input_image_shape"] != [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE]:
+        bad("input_image_shape", f"is {state['input_image_shape']!r}")
+    if state["grid_shape"] != [_net.GRID, _net.GRID]:
+        bad("grid_shape", f"is {state['grid_shape']!r}")
+    t = state["non_maximum_suppression_threshold"]
+    if not (_annotations._is_number(t) and 0 <= t <= 1):
+        bad("non_maximum_suppression_threshold", f"is {t!r}")
+
+
+# --- create -------------------------------------------------------------------------------
+
+def _find_annotations_column(dataset, annotations, feature):
+    if annotations is not None:
+        V.check_column_name(annotations, "annotations")
+        V.check_columns_exist(dataset, [annotations], "annotations")
+        return annotations
+    cands = []
+    for c in dataset.columns:
+        if c == feature:
+            continue
+        vals = [v for v in dataset[c].head(50) if v is not None]
+        if any(isinstance(v, (list, dict, tuple)) for v in vals):
+            cands.append(c)
+    if len(cands) != 1:
+        raise DataError(
+            f"Cannot pick the annotations column: {len(cands)} columns hold lists or dicts "
+            f"({', '.join(map(repr, cands)) or 'none'}); name it with annotations='column'. "
+            + _annotations.VALID_ANNOTATION)
+    return cands[0]
+
+
+def _targets(boxes_list, anchors, G, C):
+    """Ground truth tensors for a batch of images' relative boxes (YOLOv2 assignment)."""
+    B, A = len(boxes_list), len(anchors)
+    obj = np.zeros((B, G, G, A), np.float32)
+    noobj = np.ones((B, G, G, A), np.float32)
+    txy = np.zeros((B, G, G, A, 2), np.float32)
+    twh = np.zeros((B, G, G, A, 2), np.float32)
+    cls = np.zeros((B, G, G, A), np.float32)
+    for b, boxes in enumerate(boxes_list):
+        for c, x, y, w, h in boxes:
+            gx, gy, gw, gh = x * G, y * G, w * G, h * G
+            col, row = min(int(gx), G - 1), min(int(gy), G - 1)
+            inter = np.minimum(anchors[:, 0], gw) * np.minimum(anchors[:, 1], gh)
+            iou = inter / (anchors[:, 0] * anchors[:, 1] + gw * gh - inter)
+            resp = (iou == iou.max()) | (iou > 0.7)
+            noobj[b, row, col][iou >= 0.3] = 0.0
+            obj[b, row, col][resp] = 1.0
+            noobj[b, row, col][resp] = 0.0
+            txy[b, row, col, resp] = [gx - col, gy - row]
+            twh[b, row, col, resp] = np.log(np.array([gw, gh])[None] / anchors[resp] + 1e-5)
+            cls[b, row, col, resp] = c
+    return obj, noobj, txy, twh, cls
+
+
+def _loss(F, out, obj, noobj, txy, twh, cls, A, C):
+    """YOLOv2 loss (Turi Create's weights) of raw outputs (B, A(5+C), G, G)."""
+    B, G = out.shape[0], out.shape[2]
+    p = out.reshape((B, A, 5 + C, G, G)).transpose((0, 3, 4, 1, 2))   # (B, G, G, A, 5+C)
+    count = obj.sum() + 1e-4
+    xy = F.sigmoid(F.slice_axis(p, axis=4, begin=0, end=2))
+    wh = F.slice_axis(p, axis=4, begin=2, end=4)
+    to = F.slice_axis(p, axis=4, begin=4, end=5).reshape((B, G, G, A))
+    logits = F.slice_axis(p, axis=4, begin=5, end=5 + C)
+    o = obj.expand_dims(4)
+    loss_xy = _LMB_XY * (o * (txy - xy) ** 2).sum() / count
+    d = F.abs(twh - wh)
+    huber = F.where(d < 1, 0.5 * d * d, d - 0.5)
+    loss_wh = _LMB_WH / 2 * (o * huber).sum() / count
+    bce_pos = F.relu(-to) + F.log1p(F.exp(-F.abs(to)))          # -log sigmoid(to)
+    bce_neg = F.relu(to) + F.log1p(F.exp(-F.abs(to)))           # -log(1 - sigmoid(to))
+    loss_conf = (_LMB_OBJ * obj * bce_pos + _LMB_NOOBJ * noobj * bce_neg).sum() / (B * G * G)
+    logp = F.log_softmax(logits, axis=4)
+    picked = F.pick(logp, cls, axis=4)
+    loss_cls = _LMB_CLASS * -(obj * picked).sum() / count
+    return loss_xy + loss_wh + loss_conf + loss_cls
+
+
+def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes=None,
+           batch_size=0, max_iterations=0, verbose=True, random_seed=None):
+    """Train an object detector on images annotated with labelled boxes.
+
+    Parameters
+    ----------
+    dataset : pandas.DataFrame
+        One row per image: an image column (paths, encoded bytes, PIL
+        images or numpy arrays) and an annotations column.
+    annotations : str, optional
+        The annotations column: per row a list of
+        ``{'label': str, 'coordinates': {'x', 'y', 'width', 'height'}}`` in
+        pixels of the original image, ``x, y`` the box centre, origin
+        top-left; a single dict or an empty list is allowed. ``None``: the
+        only column holding lists/dicts.
+    feature : str, optional
+        The image column; ``None``: the only image column.
+    model : {'efficientnet-lite0-yolo'}
+        Frozen EfficientNet-Lite0 (ImageNet) + a YOLO-style head with 9
+        anchors on its 7x7 stride-32 feature map (224x224 input).
+    classes : list, optional
+        Classes to learn; objects with other labels are ignored (with a
+        warning). ``None``: the sorted labels seen.
+    batch_size : int
+        Images per training step; 0 -> 32.
+    max_iterations : int
+        Training steps; 0 -> ``clip(30 epochs, 500, 3000)`` steps.
+    verbose : bool
+        Print progress (a table of iteration, smoothed loss, elapsed seconds).
+    random_seed : int, optional
+
+    Returns
+    -------
+    ObjectDetector
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> train = tc.datasets.detection_scenes(300, random_seed=0)      # doctest: +SKIP
+    >>> model = tc.object_detector.create(train, max_iterations=300)  # doctest: +SKIP
+    >>> model.evaluate(tc.datasets.detection_scenes(50, split='test'))  # doctest: +SKIP
+    """
+    t_start = time.perf_counter()
+    V.check_dataframe(dataset, "dataset")
+    if model not in MODELS:
+        raise InvalidParameterError(f"'model' must be one of {', '.join(MODELS)}, got {model!r}.")
+    batch_size = V.check_int(batch_size, "batch_size", 0)
+    max_iterations = V.check_int(max_iterations, "max_iterations", 0)
+    verbose = V.check_bool(verbose, "verbose")
+    seed = V.check_seed(random_seed) if random_seed is not None else None
+    feature = _images.find_image_column(dataset, feature,
+                                        exclude=(annotations,) if annotations else ())
+    if annotations is None:
+        annotations = _find_annotations_column(dataset, None, feature)
+        say(f"Using '{annotations}' as annotations column", verbose)
+    else:
+        _find_annotations_column(dataset, annotations, feature)
+    rows = _annotations.parse_column(dataset[annotations], annotations)
+    seen = sorted({(int(i["label"]) if isinstance(i["label"], np.integer) else i["label"])
+                   for r in rows for i in r}, key=lambda v: (isinstance(v, str), v))
+    if classes is None:
+        classes = seen
+    else:
+        if not isinstance(classes, (list, tuple)) or not classes or len(set(classes)) != len(
+                classes) or not all(isinstance(c, (str, int)) and not isinstance(c, bool)
+                                    for c in classes):
+            raise InvalidParameterError(
+                f"'classes' must be a non-empty list of distinct labels (str or int), got "
+                f"{classes!r}.")
+        classes = list(classes)
+    if not classes:
+        raise DataError(f"Column '{annotations}' holds no objects at all; annotate at least "
+                        "one box. " + _annotations.VALID_ANNOTATION)
+    if batch_size == 0:
+        batch_size = DEFAULT_BATCH_SIZE
+        say(f"Setting 'batch_size' to {batch_size}", verbose)
+    rng = np.random.RandomState(seed)
+    if seed is not None:
+        mx().random.seed(seed)
+    values, column, index, _ = _image_input(dataset, feature)
+    class_index = {c: i for i, c in enumerate(classes)}
+    anchors = np.asarray(_net.DEFAULT_ANCHORS, np.float64)
+    A, C, G = len(anchors), len(classes), _net.GRID
+
+    # 1. Features of every image into a float16 memmap on disk (streamed).
+    t0 = time.perf_counter()
+    backbone = _efficientnet.build(include_top=False, prefix="backbone_")
+    from ..pretrained import load_efficientnet_lite0
+    from .._mx import set_weights
+    w = {k: v for k, v in load_efficientnet_lite0().items() if not k.startswith("fc.")}
+    set_weights(backbone, w, what="EfficientNet-Lite0")
+    fmap = _net.feature_map(backbone)
+    _prepare(fmap, len(values))
+    n = len(values)
+    tmp = tempfile.NamedTemporaryFile(prefix="toolkit-od-features-", suffix=".f16", delete=False)
+    tmp.close()
+    try:
+        per = _net.FEATURE_CHANNELS * G * G + _net.FINE_CHANNELS * 4 * G * G
+        flat = np.memmap(tmp.name, dtype=np.float16, mode="w+", shape=(n, per))
+        cache = (flat[:, :_net.FEATURE_CHANNELS * G * G].reshape(n, _net.FEATURE_CHANNELS, G, G),
+                 flat[:, _net.FEATURE_CHANNELS * G * G:].reshape(n, _net.FINE_CHANNELS, 2 * G,
+                                                                    2 * G))
+        counters = {"clipped": 0, "dropped": 0, "unknown": 0}
+        boxes = []
+        from tqdm import tqdm
+        with tqdm(total=n, desc="Extracting image features", unit="img", disable=not verbose,
+                  mininterval=1.0) as bar:
+            for s, pixels, sizes in _batches(values, column, index, NETWORK_BATCH):
+                coarse, fine = fmap(_to_input(pixels, mx().cpu()))
+                cache[0][s:s + len(pixels)] = coarse.asnumpy()
+                cache[1][s:s + len(pixels)] = fine.asnumpy()
+                for i, size in enumerate(sizes):
+                    boxes.append(_annotations.to_boxes(rows[s + i], size, class_index,
+                                                       counters))
+                bar.update(len(pixels))
+        _annotations.warn_counters(counters, annotations)
+        num_boxes = int(sum(len(b) for b in boxes))
+        if num_boxes == 0:
+            raise DataError(f"No usable box of the classes {classes!r} in column "
+                            f"'{annotations}'. " + _annotations.VALID_ANNOTATION)
+        extraction_time = time.perf_counter() - t0
+        if max_iterations == 0:
+            iters = int(np.clip(30 * n // batch_size, 500, 3000))
+            say(f"Setting 'max_iterations' to {iters}", verbose)
+        else:
+            iters = max_iterations
+
+        # 2. Train the head on the cached features.
+        head, loss = _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose,
+                                 t_start)
+    finally:
+        cache = flat = None
+        os.unlink(tmp.name)
+    net = _net.build(A, C, backbone=backbone, head=head)
+    state = {
+        "feature": feature, "annotations": annotations, "classes": classes, "model": model,
+        "anchors": [list(map(float, a)) for a in anchors], "grid_shape": [G, G],
+        "input_image_shape": [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE],
+        "non_maximum_suppression_threshold": 0.45, "num_classes": C, "num_examples": n,
+        "num_bounding_boxes": num_boxes, "batch_size": batch_size,
+        "max_iterations": max_iterations, "training_iterations": iters,
+        "training_epochs": iters * batch_size // n, "training_loss": loss,
+        "training_time": time.perf_counter() - t_start,
+        "feature_extraction_time": extraction_time, "random_seed": seed,
+    }
+    return ObjectDetector(state, net)
+
+
+def _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose, t_start):
+    nd, autograd, gluon = mx().nd, mx().autograd, mx().gluon
+    A, G, n = len(anchors), _net.GRID, len(boxes)
+    head = _net.build_head(A, C)
+    head.hybridize()
+    trainer = gluon.Trainer(head.collect_params(), "adam",
+                            {"learning_rate": _LEARNING_RATE, "wd": 5e-4})
+    table = ProgressTable(["Iteration", "Loss", "Elapsed Time"], verbose)
+    started = False
+    smoothed, last = None, -1e9
+    order, pos = rng.permutation(n), 0
+    for it in range(iters):
+        if it == iters // 2 or it == 3 * iters // 4:
+            trainer.set_learning_rate(trainer.learning_rate * 0.1)
+        if pos + batch_size > n:
+            order, pos = rng.permutation(n), 0
+        idx = np.sort(order[pos:pos + batch_size])
+        pos += batch_size
+        x = nd.array(np.asarray(cache[0][idx], np.float32))
+        xf = nd.array(np.asarray(cache[1][idx], np.float32))
+        bl = [boxes[i] for i in idx]
+        obj, noobj, txy, twh, cls = (nd.array(t) for t in _targets(bl, anchors, G, C))
+        with autograd.record():
+            out = head(x, xf)
+            loss = _loss(nd, out, obj, noobj, txy, twh, cls, A, C)
+        loss.backward()
+        trainer.step(1)
+        value = float(loss.asscalar())
+        smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+        now = time.perf_counter() - t_start
+        if verbose and (it == 0 or now - last >= 5.0 or it + 1 == iters):
+            if not started:
+                table.start()
+                started = True
+            table.row(it + 1, smoothed, f"{now:.1f}")
+            last = now
+    if started:
+        table.finish()
+    return head, float(smoothed)
