@@ -134,6 +134,23 @@ class Model:
     _FILE_VERSION = 1
     _MIGRATIONS = {}
 
+    # The JSON state doubles as the model's public fields, as in Turi Create:
+    # model.classes, model['classes'].
+    def __getattr__(self, name):
+        state = self.__dict__.get("_state")
+        if state is not None and name in state:
+            value = state[name]
+            return list(value) if isinstance(value, list) else value
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __getitem__(self, name):
+        if name not in self._state:
+            raise KeyError(f"No field {name!r}; fields: {', '.join(self._list_fields())}.")
+        return getattr(self, name)
+
+    def _list_fields(self):
+        return sorted(self._state)
+
     def _get_state(self):
         raise NotImplementedError
 

@@ -110,22 +110,7 @@ class ImageClassifier(Model):
         net = _net.build(len(state["classes"]), weights=weights)
         return cls(state, net)
 
-    # --- fields ---------------------------------------------------------
-    def __getattr__(self, name):
-        state = self.__dict__.get("_state")
-        if state is not None and name in state:
-            value = state[name]
-            return list(value) if isinstance(value, list) else value
-        raise AttributeError(f"'ImageClassifier' object has no attribute {name!r}")
-
-    def __getitem__(self, name):
-        if name not in self._state:
-            raise KeyError(f"No field {name!r}; fields: {', '.join(self._list_fields())}.")
-        return getattr(self, name)
-
-    def _list_fields(self):
-        return sorted(self._state)
-
+    # --- summary ---------------------------------------------------------
     def summary(self, output=None):
         """Describe the model: schema and training summary.
 

@@ -135,18 +135,6 @@ class ObjectDetector(Model):
         net = _net.build(len(state["anchors"]), len(state["classes"]), weights=weights)
         return cls(state, net)
 
-    def __getattr__(self, name):
-        state = self.__dict__.get("_state")
-        if state is not None and name in state:
-            value = state[name]
-            return list(value) if isinstance(value, list) else value
-        raise AttributeError(f"'ObjectDetector' object has no attribute {name!r}")
-
-    def __getitem__(self, name):
-        if name not in self._state:
-            raise KeyError(f"No field {name!r}; fields: {', '.join(sorted(self._state))}.")
-        return getattr(self, name)
-
     def summary(self, output=None):
         """Describe the model; ``output='str'`` returns the text instead of printing it.
 
