@@ -232,3 +232,30 @@ def test_validation_set_dataframe(watch, watch_small):
     other = watch[watch["session_id"].isin([100, 101])].drop(columns="subject")
     model = _create(watch_small, validation_set=other, max_iterations=2)
     assert model.validation_accuracy is not None
+
+
+def test_loaded_model_can_be_trained_further(tiny_model_path, watch_small):
+    model = tc.load_model(tiny_model_path)
+    before = model.evaluate(watch_small, metric="log_loss")["log_loss"]
+    iterations = model.training_iterations
+    model.fit(watch_small, max_iterations=8, verbose=False, random_seed=3)
+    after = model.evaluate(watch_small, metric="log_loss")["log_loss"]
+    assert after < before, (before, after)
+    assert model.training_iterations == iterations + 8
+    more = model.evaluate(watch_small, metric="log_loss")["log_loss"]
+    model.fit(watch_small, max_iterations=8, verbose=False, random_seed=4)
+    assert model.evaluate(watch_small, metric="log_loss")["log_loss"] < more
+
+
+def test_further_training_refuses_new_labels(tiny_model, watch_small):
+    data = watch_small.copy()
+    data.loc[data.index[:10], "exercise"] = "JUMP"
+    with pytest.raises(DataError, match="JUMP.*create"):
+        tiny_model.fit(data, max_iterations=1, verbose=False)
+
+
+def test_auto_iterations_depend_on_data_size():
+    from toolkit.activity_classifier._train import auto_iterations
+    assert auto_iterations(84, 32) == 240
+    assert auto_iterations(100_000, 32) == 10
+    assert auto_iterations(1, 32) == 300
