@@ -473,7 +473,7 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     max_iterations : int, optional
         Epochs (passes over the training sessions). ``None`` (the default) picks
         enough epochs for about 720 optimizer steps, between 10 and 300: small
-        data sets need many passes (on the watch data, 84 sessions, that is 240
+        data sets need many passes (on the watch data, 84 sessions, that is 180
         epochs, about 20 s on 2 cores); large ones few. Turi Create's fixed 10 left
         small data sets undertrained. The returned weights are the average of the
         weights after each epoch of the second half of training.
