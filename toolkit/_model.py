@@ -151,6 +151,36 @@ class Model:
     def _list_fields(self):
         return sorted(self._state)
 
+    def _summary_sections(self):
+        """[(title, [(label, value), ...]), ...] shown by summary()."""
+        raise NotImplementedError
+
+    def summary(self, output=None):
+        """Describe the model: its schema and training summary.
+
+        Parameters
+        ----------
+        output : None or 'str'
+            ``None`` prints the summary; ``'str'`` returns it.
+
+        Examples
+        --------
+        >>> model.summary()                                      # doctest: +SKIP
+        """
+        lines = [f"{'Class':<40} : {type(self).__name__}", ""]
+        for title, rows in self._summary_sections():
+            lines += [title, "-" * len(title)]
+            lines += [f"{k:<40} : {v:.4f}" if isinstance(v, float) else f"{k:<40} : {v}"
+                      for k, v in rows]
+            lines.append("")
+        text = "\n".join(lines)
+        if output == "str":
+            return text
+        print(text)
+
+    def __repr__(self):
+        return self.summary(output="str")
+
     def _get_state(self):
         raise NotImplementedError
 

@@ -97,12 +97,8 @@ class ActivityClassifier(Model):
     def _list_fields(self):
         return sorted(k for k in self._state if not k.startswith("feature_"))
 
-    def summary(self, output=None):
-        """Describe the model: schema, training summary. Returns a str if output='str'."""
+    def _summary_sections(self):
         s = self._state
-
-        def fmt(v):
-            return f"{v:.4f}" if isinstance(v, float) else str(v)
         sections = [
             ("Schema", [("Number of examples", s["num_examples"]),
                         ("Number of sessions", s["num_sessions"]),
@@ -116,18 +112,7 @@ class ActivityClassifier(Model):
                                   ("Iterations", s.get("training_iterations")),
                                   ("Training time (sec)", s.get("training_time"))]),
         ]
-        lines = ["Class                                    : ActivityClassifier", ""]
-        for title, rows in sections:
-            lines += [title, "-" * len(title)]
-            lines += [f"{k:<40} : {fmt(v)}" for k, v in rows]
-            lines.append("")
-        text = "\n".join(lines)
-        if output == "str":
-            return text
-        print(text)
-
-    def __repr__(self):
-        return self.summary(output="str")
+        return sections
 
     # --- data -----------------------------------------------------------
     def _prepare(self, dataset, name="dataset", need_target=False):

@@ -111,22 +111,8 @@ class ImageClassifier(Model):
         return cls(state, net)
 
     # --- summary ---------------------------------------------------------
-    def summary(self, output=None):
-        """Describe the model: schema and training summary.
-
-        Parameters
-        ----------
-        output : None or 'str'
-            ``None`` prints the summary; ``'str'`` returns it.
-
-        Examples
-        --------
-        >>> model.summary()                                      # doctest: +SKIP
-        """
+    def _summary_sections(self):
         s = self._state
-
-        def fmt(v):
-            return f"{v:.4f}" if isinstance(v, float) else str(v)
         sections = [
             ("Schema", [("Number of classes", len(s["classes"])),
                         ("Image column", s["feature"]),
@@ -145,18 +131,7 @@ class ImageClassifier(Model):
                                    s.get("feature_extraction_time")),
                                   ("Training time (sec)", s.get("training_time"))]),
         ]
-        lines = ["Class                                    : ImageClassifier", ""]
-        for title, rows in sections:
-            lines += [title, "-" * len(title)]
-            lines += [f"{k:<40} : {fmt(v)}" for k, v in rows]
-            lines.append("")
-        text = "\n".join(lines)
-        if output == "str":
-            return text
-        print(text)
-
-    def __repr__(self):
-        return self.summary(output="str")
+        return sections
 
     # --- data -----------------------------------------------------------
     def _images_of(self, dataset, name="dataset"):
@@ -710,7 +685,9 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
     for it in range(1, max_iterations + 1):
         total_loss = correct = 0.0
         for s in range(0, n, _GRAD_CHUNK):
-            xb, yb = Xs[s:s + _GRAD_CHUNK], yn[s:s + _GRAD_CHUNK]
+            # mxnet 1.5 refuses an NDArray slice that ends past the array: clamp.
+            e = min(s + _GRAD_CHUNK, n)
+            xb, yb = Xs[s:e], yn[s:e]
             with autograd.record():
                 logits = dense(xb)
                 nll = -nd.pick(nd.log_softmax(logits, axis=-1), yb, axis=-1)

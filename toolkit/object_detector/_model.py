@@ -135,13 +135,7 @@ class ObjectDetector(Model):
         net = _net.build(len(state["anchors"]), len(state["classes"]), weights=weights)
         return cls(state, net)
 
-    def summary(self, output=None):
-        """Describe the model; ``output='str'`` returns the text instead of printing it.
-
-        Examples
-        --------
-        >>> model.summary()                                      # doctest: +SKIP
-        """
+    def _summary_sections(self):
         s = self._state
         rows = [("Schema", [("Model", s["model"]), ("Number of classes", s["num_classes"]),
                             ("Non-maximum suppression threshold",
@@ -155,19 +149,7 @@ class ObjectDetector(Model):
                                        s.get("num_bounding_boxes")),
                                       ("Final loss (specific to model)",
                                        s.get("training_loss"))])]
-        lines = ["Class                                    : ObjectDetector", ""]
-        for title, items in rows:
-            lines += [title, "-" * len(title)]
-            lines += [f"{k:<40} : {v:.4f}" if isinstance(v, float) else f"{k:<40} : {v}"
-                      for k, v in items]
-            lines.append("")
-        text = "\n".join(lines)
-        if output == "str":
-            return text
-        print(text)
-
-    def __repr__(self):
-        return self.summary(output="str")
+        return rows
 
     # --- prediction ---------------------------------------------------------------------
     def _raw(self, values, column, index, verbose=False):
