@@ -1,7 +1,7 @@
 """toolkit: train a useful deep-learning model in three lines and ship it.
 
 >>> import toolkit as tc
->>> data = tc.datasets.watch_sessions()                          # doctest: +SKIP
+>>> data = tc.datasets.watch_sessions().drop(columns='subject')   # doctest: +SKIP
 >>> model = tc.activity_classifier.create(data, session_id='session_id',
 ...                                       target='exercise')      # doctest: +SKIP
 >>> model.save('exercise.model')                                  # doctest: +SKIP
