@@ -121,3 +121,29 @@ def check_labels(dataset, target, name="dataset"):
             f"Target column '{target}' mixes strings and numbers ({', '.join(sorted(kinds))}); "
             "use one type for all labels.")
     return values
+
+
+def check_validation_set(value):
+    """``validation_set`` must be 'auto', a DataFrame or None."""
+    import pandas as pd
+    if not (isinstance(value, pd.DataFrame) or value is None
+            or (isinstance(value, str) and value == "auto")):
+        raise InvalidParameterError(
+            "'validation_set' must be 'auto', a DataFrame or None, got "
+            f"{type(value).__name__} {value!r:.40}.")
+    return value
+
+
+def norm_label(value):
+    """A label as stored in model files: int for numbers, str otherwise."""
+    if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def encode_labels(y, target):
+    """Sorted class list of JSON-typed labels (str or int)."""
+    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
+                        "strings or integers.")
+    return sorted({norm_label(v) for v in y})

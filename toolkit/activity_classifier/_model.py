@@ -334,7 +334,7 @@ class ActivityClassifier(Model):
         V.check_columns_exist(dataset, [s["target"]], "target")
         y = V.check_labels(dataset, s["target"])
         index = {c: i for i, c in enumerate(s["classes"])}
-        labels = [_norm_label(v) for v in y]
+        labels = [V.norm_label(v) for v in y]
         unseen = sorted({str(v) for v in labels if v not in index})
         if unseen:
             raise DataError(
@@ -424,13 +424,6 @@ def _check_weights_fit(state, weights):
 
 # --- create ---------------------------------------------------------------
 
-def _encode_labels(y, target):
-    """Sorted class list of JSON-typed labels (str or int)."""
-    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
-        raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
-                        "strings or integers.")
-    return sorted({_norm_label(v) for v in y})
-
 
 def create(dataset, session_id, target, features=None, prediction_window=100,
            validation_set="auto", max_iterations=None, batch_size=32, verbose=True,
@@ -510,11 +503,7 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     batch_size = V.check_int(batch_size, "batch_size", 1)
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
-    if not (isinstance(validation_set, pd.DataFrame) or validation_set is None
-            or (isinstance(validation_set, str) and validation_set == "auto")):
-        raise InvalidParameterError(
-            "'validation_set' must be 'auto', a DataFrame or None, got "
-            f"{type(validation_set).__name__}.")
+    V.check_validation_set(validation_set)
 
     seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
                                                            % 2**32)
@@ -524,12 +513,12 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     say(f"Pre-processing {len(dataset)} samples...", verbose)
     y = V.check_labels(dataset, target)
     values = V.numeric_features(dataset, features)
-    classes = _encode_labels(y, target)
+    classes = V.encode_labels(y, target)
     if len(classes) < 2:
         raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
                         "a classifier needs at least two.")
     class_index = {c: i for i, c in enumerate(classes)}
-    label_ids = np.array([class_index[_norm_label(v)] for v in y], dtype=np.int64)
+    label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
     sessions = _data.Sessions(dataset[session_id].to_numpy())
     values, label_ids = values[sessions.order], label_ids[sessions.order]
     say(f"Using sequences of size {prediction_window * WINDOWS_PER_CHUNK} for model creation.",
@@ -586,18 +575,13 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     return model
 
 
-def _norm_label(v):
-    if isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool):
-        return int(v)
-    return v if isinstance(v, str) else str(v)
-
 
 def _prepare_validation(frame, session_id, target, features, class_index, mean, std, pw):
     name = "validation_set"
     V.check_dataframe(frame, name)
     V.check_columns_exist(frame, [session_id, target] + features, "validation_set", name)
     y = V.check_labels(frame, target, name)
-    known = np.array([_norm_label(v) in class_index for v in y], bool)
+    known = np.array([V.norm_label(v) in class_index for v in y], bool)
     if not known.all():
         unseen = sorted({str(v) for v in y[~known]})
         warnings.warn(f"validation_set: {int((~known).sum())} row(s) with labels not in the "
@@ -608,7 +592,7 @@ def _prepare_validation(frame, session_id, target, features, class_index, mean, 
         if len(frame) == 0:
             return None
     values = V.numeric_features(frame, features, name)
-    ids = np.array([class_index[_norm_label(v)] for v in y], np.int64)
+    ids = np.array([class_index[V.norm_label(v)] for v in y], np.int64)
     sessions = _data.Sessions(frame[session_id].to_numpy())
     values = (values[sessions.order] - mean) / std
     return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index))

@@ -307,7 +307,7 @@ class ImageClassifier(Model):
                 f"and '{self._state['target']}', got {type(dataset).__name__}.")
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [self._state["target"]], "target")
-        y = np.array([_norm_label(v) for v in V.check_labels(dataset, self._state["target"])],
+        y = np.array([V.norm_label(v) for v in V.check_labels(dataset, self._state["target"])],
                      dtype=object)
         probs, _, _ = self._predict_probs(dataset, batch_size, verbose)
         return classifier_metrics(y, probs, self._state["classes"], metric)
@@ -440,19 +440,6 @@ def _check_weights_fit(state, weights):
 
 # --- create ---------------------------------------------------------------
 
-def _norm_label(v):
-    if isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, (bool,
-                                                                                  np.bool_)):
-        return int(v)
-    return v if isinstance(v, str) else str(v)
-
-
-def _encode_labels(y, target):
-    """Sorted class list of JSON-typed labels (str or int)."""
-    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
-        raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
-                        "strings or integers.")
-    return sorted({_norm_label(v) for v in y})
 
 
 def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty=0.01,
@@ -551,19 +538,15 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     batch_size = V.check_int(batch_size, "batch_size", 1)
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
-    if not (isinstance(validation_set, pd.DataFrame) or validation_set is None
-            or (isinstance(validation_set, str) and validation_set == "auto")):
-        raise InvalidParameterError(
-            "'validation_set' must be 'auto', a DataFrame or None, got "
-            f"{type(validation_set).__name__} {validation_set!r:.40}.")
+    V.check_validation_set(validation_set)
 
     y = V.check_labels(dataset, target)
-    classes = _encode_labels(y, target)
+    classes = V.encode_labels(y, target)
     if len(classes) < 2:
         raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
                         "a classifier needs at least two.")
     class_index = {c: i for i, c in enumerate(classes)}
-    label_ids = np.array([class_index[_norm_label(v)] for v in y], dtype=np.int64)
+    label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
     values, _, index, _ = _image_input(dataset, feature)
 
     valid_values = valid_ids = valid_index = None
@@ -635,7 +618,7 @@ def _prepare_validation(frame, feature, target, class_index):
     V.check_dataframe(frame, name)
     V.check_columns_exist(frame, [feature, target], "validation_set", name)
     y = V.check_labels(frame, target, name)
-    labels = [_norm_label(v) for v in y]
+    labels = [V.norm_label(v) for v in y]
     known = np.array([v in class_index for v in labels], bool)
     if not known.all():
         unseen = sorted({str(v) for v, k in zip(labels, known) if not k})
