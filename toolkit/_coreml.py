@@ -176,15 +176,22 @@ def save_spec(spec, path):
     toolkit.errors.ExportError
         The spec cannot be serialised or the file cannot be written.
     """
-    full = check_export_path(path)
+    return write_protobuf(spec, check_export_path(path), path, "Core ML")
+
+
+def write_protobuf(message, full, path, what):
+    """Serialise a protobuf ``message`` (a Core ML spec, an ONNX model) to ``full``.
+
+    The same atomic write as model files (temp file, fsync, rename, the umask's
+    permissions); any failure becomes an ExportError naming ``what`` and ``path``.
+    """
     try:
-        data = spec.SerializeToString()
+        data = message.SerializeToString()
     except Exception as e:  # noqa: BLE001 - any protobuf failure is an export failure
-        raise ExportError(f"Cannot serialise the Core ML model: {e}") from e
-    # The same atomic write as model files: temp file, fsync, rename; normal permissions.
+        raise ExportError(f"Cannot serialise the {what} model: {e}") from e
     from ._model_file import atomic_write
     try:
         atomic_write(full, data)
     except OSError as e:
-        raise ExportError(f"Cannot write the Core ML model to '{path}': {e}") from e
+        raise ExportError(f"Cannot write the {what} model to '{path}': {e}") from e
     return full

@@ -58,6 +58,7 @@ import json
 import numpy as np
 
 from ._coreml import check_export_path as _check_path
+from ._coreml import write_protobuf
 from .errors import ExportError
 
 #: Operator set of the default ONNX domain used by every export.
@@ -269,14 +270,4 @@ def save_model(model, path):
     """
     full = check_export_path(path)
     check_model(model)
-    try:
-        data = model.SerializeToString()
-    except Exception as e:  # noqa: BLE001 - any protobuf failure is an export failure
-        raise ExportError(f"Cannot serialise the ONNX model: {e}") from e
-    # The same atomic write as model files: temp file, fsync, rename; normal permissions.
-    from ._model_file import atomic_write
-    try:
-        atomic_write(full, data)
-    except OSError as e:
-        raise ExportError(f"Cannot write the ONNX model to '{path}': {e}") from e
-    return full
+    return write_protobuf(model, full, path, "ONNX")
