@@ -17,9 +17,12 @@ Versions
 :data:`OPSET` is **17** (default domain ``ai.onnx``) and :data:`IR_VERSION`
 is **8**, the IR version that goes with opset 17. Every operator the
 exporters use (Conv, LSTM, Gemm, BatchNormalization, Softmax with the
-opset >= 13 single-axis semantics, Squeeze/Unsqueeze with axes as inputs)
-has had its current definition since opset 15 at the latest, so opset 17
-loses nothing, and it runs on onnxruntime >= 1.12 (including the Android and
+opset >= 13 single-axis semantics, Squeeze/Unsqueeze with axes as inputs,
+Clip with min/max inputs, Split with sizes as input, NonMaxSuppression,
+GatherND, Compress, LeakyRelu, GreaterOrEqual) has had its current
+definition since opset 16 at the latest, so opset 17 loses nothing (and
+ReduceMax keeps ``axes`` as an attribute, which opset 18 moved to an
+input), and it runs on onnxruntime >= 1.12 (including the Android and
 web builds) and other runtimes that lag behind the newest opset. The files
 are written with the ``onnx`` package 1.16 or 1.17 (``pip install
 'onnx>=1.16,<1.18'``, the range that also works beside coremltools 9 and the
@@ -31,9 +34,10 @@ What the helpers do
 * :func:`onnx_module` imports onnx lazily (``import toolkit`` never does) or
   raises an :class:`~toolkit.errors.ExportError` that says how to install it;
 * :func:`check_export_path` validates the destination before any work;
-* :class:`GraphBuilder` collects inputs, outputs, initializers and nodes and
-  refuses a name used twice (e.g. a target column that would name an output
-  after an internal tensor);
+* :class:`GraphBuilder` collects inputs (optionally with a default value,
+  which makes them optional), outputs, initializers and nodes and refuses a
+  name used twice (e.g. a target column that would name an output after an
+  internal tensor);
 * :func:`model_metadata` / :func:`make_model` wrap the graph into a model with
   the opset, producer and ``metadata_props`` (``toolkit_version``, ``task``,
   ``file_version`` plus task extras; lists and dicts as JSON);
@@ -145,12 +149,20 @@ class GraphBuilder:
         self._owner[name] = what
         return name
 
-    def input(self, name, dtype, shape, doc=""):
-        """Declare a graph input; ``shape`` items are ints or symbolic str names."""
-        helper = onnx_module().helper
+    def input(self, name, dtype, shape, doc="", default=None):
+        """Declare a graph input; ``shape`` items are ints or symbolic str names.
+
+        With ``default`` (an array of ``shape``) the input is optional: an
+        initializer of the same name holds the value used when the caller
+        does not feed it (onnxruntime's "overridable initializers"; IR >= 4).
+        """
+        onnx = onnx_module()
         self._claim(name, f"input {name!r}")
-        self.inputs.append(helper.make_tensor_value_info(name, _elem_type(dtype), shape,
-                                                         doc_string=doc))
+        self.inputs.append(onnx.helper.make_tensor_value_info(name, _elem_type(dtype), shape,
+                                                              doc_string=doc))
+        if default is not None:
+            array = np.array(default, dtype=dtype, order="C")
+            self.initializers.append(onnx.numpy_helper.from_array(array, name))
         return name
 
     def output(self, name, dtype, shape, doc=""):
@@ -171,7 +183,8 @@ class GraphBuilder:
             tensor = onnx.helper.make_tensor(name, onnx.TensorProto.STRING, [len(values)],
                                              values)
         else:
-            array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+            # np.array, not np.ascontiguousarray: that one turns a scalar into shape (1,).
+            array = np.array(value, dtype=dtype, order="C")
             tensor = onnx.numpy_helper.from_array(array, name)
         self.initializers.append(tensor)
         return name

@@ -318,6 +318,15 @@ class ImageClassifier(Model):
     # help(model.export_coreml) shows the input contract (pixels, size, labels).
     export_coreml.__doc__ = _export.export_coreml.__doc__
 
+    def export_onnx(self, path):
+        from ._onnx_export import export_onnx
+        return export_onnx(self, path)
+
+    # help(model.export_onnx) shows the input contract (pixels, layout, outputs).
+    from ._onnx_export import export_onnx as _export_onnx_impl
+    export_onnx.__doc__ = _export_onnx_impl.__doc__
+    del _export_onnx_impl
+
 
 # --- input handling ----------------------------------------------------------
 

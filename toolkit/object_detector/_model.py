@@ -319,6 +319,15 @@ class ObjectDetector(Model):
     export_coreml.__doc__ = _doc.__doc__
     del _doc
 
+    def export_onnx(self, path, iou_threshold=None, confidence_threshold=None):
+        from ._onnx_export import export_onnx
+        return export_onnx(self, path, iou_threshold, confidence_threshold)
+
+    # help(model.export_onnx) shows the input contract, the NMS and the outputs.
+    from ._onnx_export import export_onnx as _export_onnx_impl
+    export_onnx.__doc__ = _export_onnx_impl.__doc__
+    del _export_onnx_impl
+
 
 # --- validation helpers --------------------------------------------------------------------
 
