@@ -7,7 +7,7 @@ Neither command imports mxnet: ``info`` reads the header and the tensor table,
 import argparse
 import sys
 
-from . import _model, _model_file
+from . import _checkpoint, _model, _model_file
 from .errors import ToolkitError
 
 
@@ -40,6 +40,12 @@ def info(path, out=sys.stdout):
             value = state[key]
             rows.append((key, ", ".join(map(str, value)) if isinstance(value, list) else value))
     rows.append(("weights", f"{n_tensors} arrays, {n_params:,} parameters, {n_bytes:,} bytes"))
+    if mf.kind == "checkpoint":
+        ckpt = mf.header.get("checkpoint")
+        version = ckpt.get("version") if isinstance(ckpt, dict) else None
+        rows.append(("checkpoint version", f"{version} (this toolkit reads up to "
+                                           f"{_checkpoint.CHECKPOINT_VERSION})"))
+        rows.append(("training position", _checkpoint.describe_position(ckpt)))
     sections = ", ".join(f"{k} ({len(v):,} bytes)" for k, v in mf.sections.items())
     rows.append(("sections", sections))
     width = max(len(k) for k, _ in rows)
@@ -58,8 +64,16 @@ def upgrade(src, dst, out=sys.stdout):
     for v in range(version, cls._FILE_VERSION):
         doc = (cls._MIGRATIONS[v].__doc__ or "").strip().splitlines()
         changes.append(f"version {v} -> {v + 1}: {doc[0] if doc else '(no description)'}")
-    header = _model_file.build_header(mf.task, cls._FILE_VERSION, state, kind=mf.kind)
+    extra = None
+    if mf.kind == "checkpoint":
+        ckpt = _checkpoint.read(src, mf.task)
+        info, arrays = ckpt.info, ckpt.arrays
+        extra = {"checkpoint": info}
+    header = _model_file.build_header(mf.task, cls._FILE_VERSION, state, kind=mf.kind,
+                                      extra=extra)
     sections = dict(mf.sections)
+    if extra:
+        sections["training"] = _model_file.encode_tensors(arrays)
     sections["weights"] = _model_file.encode_tensors(weights)
     _model_file.atomic_write(dst, _model_file.serialize(header, sections))
     if changes:

@@ -200,11 +200,20 @@ class Model:
         path : str or os.PathLike
             Destination file; by convention ending in ``.model``.
 
+        Notes
+        -----
+        In a parameter-server cluster (``toolkit.config``) every worker holds
+        the same trained model and only the worker of rank 0 writes the file;
+        on the others ``save`` does nothing, so one script serves every worker.
+
         Examples
         --------
         >>> model.save('activity.model')  # doctest: +SKIP
         >>> same = toolkit.load_model('activity.model')  # doctest: +SKIP
         """
+        from . import config
+        if not config.is_writer():
+            return
         state, weights = self._get_state()
         header = _model_file.build_header(self._TASK, self._FILE_VERSION, state)
         data = _model_file.serialize(

@@ -76,10 +76,17 @@ def structural_params(block, prefix=""):
     return unique
 
 
-def get_weights(block):
-    """Structural name -> float32 numpy array of every parameter of ``block``."""
-    return {name: p.data().asnumpy().astype(np.float32)
-            for name, p in structural_params(block).items()}
+def get_weights(block, ctx=None):
+    """Structural name -> float32 numpy array of every parameter of ``block``.
+
+    ``ctx``: the device to read from when the parameters live on several
+    (their copies are equal between optimizer steps); default: the first.
+    """
+    out = {}
+    for name, p in structural_params(block).items():
+        data = p.data(ctx) if ctx is not None else p.list_data()[0]
+        out[name] = data.asnumpy().astype(np.float32)
+    return out
 
 
 def set_weights(block, weights, what="model"):

@@ -66,4 +66,14 @@ class ExportError(ToolkitError, RuntimeError):
     """Export to another format failed."""
 
 
+class CheckpointMismatchError(ToolkitError, ValueError):
+    """A checkpoint cannot resume this training run (other task, settings, or a model file)."""
+
+
+# --- distributed training --------------------------------------------------
+
+class DistributedError(ToolkitError, RuntimeError):
+    """A process of a distributed (parameter-server) training job failed or timed out."""
+
+
 __all__ = [n for n in dir() if n.endswith("Error")]

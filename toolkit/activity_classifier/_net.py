@@ -1,8 +1,9 @@
 """The activity classifier's networks: one core, two graphs.
 
 ``ActivityCore`` holds every weight. ``PredictionGraph`` (softmax
-probabilities and final LSTM states) and ``LossGraph`` (weighted
-cross-entropy) are thin wrappers around the *same* core object, so training
+probabilities and final LSTM states), ``LossGraph`` (weighted cross-entropy
+with caller-drawn dropout masks and grouped batch norm), ``EvalGraph`` and
+``TrunkGraph`` are thin wrappers around the *same* core object, so training
 the loss graph trains the prediction graph. Only the core's weights are saved,
 under structural names such as ``conv.weight`` and ``lstm.l0_i2h_weight``.
 
@@ -43,15 +44,26 @@ def build(num_features, num_classes, prediction_window, ctx=None):
                 self.drop = nn.Dropout(0.5)
                 self.dense1 = nn.Dense(num_classes, in_units=DENSE_HIDDEN, flatten=False)
 
-        def hybrid_forward(self, F, x, h, c):
+        def trunk(self, F, x, h, c, mask_in=None):
+            """Layers up to the dense layer before batch norm; its output and LSTM states."""
             # x: (batch, windows * prediction_window, features), time-major rows.
             y = F.relu(self.conv(F.swapaxes(x, 1, 2)))          # (B, 64, windows)
-            y = self.drop_in(F.swapaxes(y, 1, 2))                # (B, windows, 64)
+            y = F.swapaxes(y, 1, 2)                              # (B, windows, 64)
+            y = self.drop_in(y) if mask_in is None else y * mask_in
             # Begin states are always passed: a hybridized LSTM cannot be
             # called both with and without them.
             y, (h, c) = self.lstm(y, [h, c])
-            y = self.drop(F.relu(self.bn(self.dense0(y))))
-            return self.dense1(y), h, c                          # logits (B, windows, C)
+            return self.dense0(y), h, c
+
+        def top(self, F, z, mask_out=None):
+            """ReLU, dropout and the output layer, after batch norm."""
+            z = F.relu(z)
+            z = self.drop(z) if mask_out is None else z * mask_out
+            return self.dense1(z)                                # logits (B, windows, C)
+
+        def hybrid_forward(self, F, x, h, c):
+            z, h, c = self.trunk(F, x, h, c)
+            return self.top(F, self.bn(z)), h, c
 
     class PredictionGraph(gluon.HybridBlock):
         def __init__(self, core, **kwargs):
@@ -63,20 +75,84 @@ def build(num_features, num_classes, prediction_window, ctx=None):
             return F.softmax(logits, axis=-1), h, c
 
     class LossGraph(gluon.HybridBlock):
+        """Training graph: dropout masks and batch-norm groups come from outside.
+
+        Dropout masks are drawn by the caller (numpy, seeded) and batch norm
+        normalises each *group* of chunks with that group's own statistics
+        (``groups[i, j] = 1 / (windows in i's group)`` when chunks i and j
+        share a group, else 0). Nothing in a step then depends on which device
+        computes which group, so several devices or workers give the result
+        of one device (see toolkit/activity_classifier/_train.py).
+        """
+
         def __init__(self, core, **kwargs):
             super().__init__(**kwargs)
             self.core = core
 
-        def hybrid_forward(self, F, x, h, c, label, weight):
-            logits, _, _ = self.core(x, h, c)
+        def hybrid_forward(self, F, x, h, c, label, weight, mask_in, mask_out, groups):
+            core = self.core
+            z, _, _ = core.trunk(F, x, h, c, mask_in)            # (B, windows, H)
+            if F is mx().nd:
+                gamma, beta = core.bn.gamma.data(x.context), core.bn.beta.data(x.context)
+            else:
+                gamma, beta = core.bn.gamma.var(), core.bn.beta.var()
+            mean = F.expand_dims(F.dot(groups, F.sum(z, axis=1)), axis=1)
+            d = F.broadcast_sub(z, mean)
+            var = F.expand_dims(F.dot(groups, F.sum(F.square(d), axis=1)), axis=1)
+            zn = F.broadcast_div(d, F.sqrt(var + BN_EPSILON))
+            zn = F.broadcast_add(F.broadcast_mul(zn, gamma), beta)
+            logits = core.top(F, zn, mask_out)
             logp = F.log_softmax(logits, axis=-1)
             nll = -F.pick(logp, label, axis=-1)                  # (B, windows)
             correct = F.argmax(logits, axis=-1) == label
+            return (nll * weight, correct * weight, F.sum(z, axis=(0, 1)),
+                    F.sum(F.square(z), axis=(0, 1)))
+
+    class EvalGraph(gluon.HybridBlock):
+        """Inference-mode loss and accuracy with the given batch-norm statistics."""
+
+        def __init__(self, core, **kwargs):
+            super().__init__(**kwargs)
+            self.core = core
+
+        def hybrid_forward(self, F, x, h, c, label, weight, bn_mean, bn_var):
+            core = self.core
+            z, _, _ = core.trunk(F, x, h, c)
+            if F is mx().nd:
+                gamma, beta = core.bn.gamma.data(x.context), core.bn.beta.data(x.context)
+            else:
+                gamma, beta = core.bn.gamma.var(), core.bn.beta.var()
+            zn = F.broadcast_div(F.broadcast_sub(z, bn_mean), F.sqrt(bn_var + BN_EPSILON))
+            logits = core.top(F, F.broadcast_add(F.broadcast_mul(zn, gamma), beta))
+            nll = -F.pick(F.log_softmax(logits, axis=-1), label, axis=-1)
+            correct = F.argmax(logits, axis=-1) == label
             return nll * weight, correct * weight
+
+    class TrunkGraph(gluon.HybridBlock):
+        """The dense layer's outputs before batch norm, to estimate its statistics."""
+
+        def __init__(self, core, **kwargs):
+            super().__init__(**kwargs)
+            self.core = core
+
+        def hybrid_forward(self, F, x, h, c):
+            z, _, _ = self.core.trunk(F, x, h, c)
+            return z
 
     core = ActivityCore(prefix="activity_")
     core.initialize(mx().init.Xavier(), ctx=ctx or mx().cpu())
-    return core, PredictionGraph(core), LossGraph(core)
+    return core, PredictionGraph(core), Graphs(LossGraph(core), EvalGraph(core), TrunkGraph(core))
+
+
+class Graphs:
+    """The training-side graphs over one core: ``loss``, ``eval``, ``trunk``."""
+
+    def __init__(self, loss, eval_, trunk):
+        self.loss, self.eval, self.trunk = loss, eval_, trunk
+
+    def hybridize(self):
+        for g in (self.loss, self.eval, self.trunk):
+            g.hybridize()
 
 
 def zero_states(batch, ctx=None):

@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from .. import _images
+from .. import _checkpoint, _images, _training, config
 from .. import _validate as V
 from .._metrics import ToolkitWarning, classifier_metrics
 from .._model import Model
@@ -60,6 +60,9 @@ _GRAD_CHUNK = 8192
 #: throughput is flat from 8 to 64 images, so larger batches only cost memory (measured
 #: peak RSS: ~0.7 GB at 16, ~1.8 GB at 64).
 NETWORK_BATCH = 16
+# Key-value store key for gathering features in a cluster; far from the trainer's keys
+# (parameter indices 0, 1, ...).
+_GATHER_KEY = 900001
 
 
 class ImageClassifier(Model):
@@ -370,7 +373,7 @@ def _check_missing(series, column, name):
             f"{name}.dropna(subset=[{column!r}]).")
 
 
-def extract(backbone, values, column, index, batch_size, verbose, reduce=None):
+def extract(backbone, values, column, index, batch_size, verbose, reduce=None, ctxs=None):
     """Run the backbone over images in streamed batches.
 
     Each batch of ``batch_size`` images is decoded and resized (in a
@@ -379,23 +382,57 @@ def extract(backbone, values, column, index, batch_size, verbose, reduce=None):
     ``reduce(features) -> array`` (``None`` keeps the features), so memory
     holds two decoded batches, one sub-batch of activations and the reduced
     outputs only. Shows a tqdm progress bar (count, images/s, ETA) when
-    ``verbose``.
+    ``verbose``. With several devices (``ctxs``, the backbone's parameters
+    already on all of them) consecutive sub-batches go to the devices in
+    turn and run concurrently.
     """
     from tqdm import tqdm
     nd = mx().nd
+    ctxs = ctxs or [mx().cpu()]
     step = _network_batch(batch_size)
     outputs = []
     with tqdm(total=len(values), desc="Extracting image features", unit="img",
               disable=not verbose, mininterval=1.0, smoothing=0.1) as bar:
         for _, batch in _images.iter_batches(values, _net.IMAGE_SIZE, batch_size, column,
                                              index):
-            for s in range(0, len(batch), step):
-                part = batch[s:s + step]
-                x = nd.array(_images.to_network_input(part, _net.INPUT_SCALE, _net.INPUT_BIAS))
-                feats = backbone(x).asnumpy()
-                outputs.append(reduce(feats) if reduce is not None else feats)
-                bar.update(len(part))
+            parts = [batch[s:s + step] for s in range(0, len(batch), step)]
+            for r in range(0, len(parts), len(ctxs)):
+                # Start every device's sub-batch before waiting for any result.
+                running = [backbone(nd.array(_images.to_network_input(
+                    part, _net.INPUT_SCALE, _net.INPUT_BIAS), ctx=ctx))
+                    for part, ctx in zip(parts[r:r + len(ctxs)], ctxs)]
+                for part, out in zip(parts[r:r + len(ctxs)], running):
+                    feats = out.asnumpy()
+                    outputs.append(reduce(feats) if reduce is not None else feats)
+                    bar.update(len(part))
     return np.concatenate(outputs) if outputs else np.zeros((0, _net.NUM_FEATURES), np.float32)
+
+
+def _extract_training(backbone, values, column, index, batch_size, verbose, ctxs, cluster):
+    """Features of the training images, on every device and cluster worker.
+
+    In a cluster each worker extracts every ``num_workers``-th image starting
+    at its rank, and the rows are gathered through the key-value store (a
+    push of each worker's rows, zeros elsewhere, sums to the whole matrix),
+    so every worker ends with the same features. This runs before any
+    trainer exists: the servers then add pushes up instead of applying an
+    optimizer.
+    """
+    if cluster is None:
+        return extract(backbone, values, column, index, batch_size, verbose, ctxs=ctxs)
+    nd = mx().nd
+    n = len(values)
+    rows = np.arange(cluster.rank, n, cluster.num_workers)
+    mine = extract(backbone, values[rows], column, index[rows], batch_size,
+                   verbose, ctxs=ctxs)
+    full = np.zeros((n, _net.NUM_FEATURES), np.float32)
+    full[rows] = mine
+    key = _GATHER_KEY
+    cluster.kvstore.init(key, nd.zeros(full.shape))
+    cluster.kvstore.push(key, nd.array(full))
+    out = nd.zeros(full.shape)
+    cluster.kvstore.pull(key, out=out)
+    return out.asnumpy()
 
 
 def _network_batch(batch_size):
@@ -453,7 +490,8 @@ def _check_weights_fit(state, weights):
 
 def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty=0.01,
            max_iterations=DEFAULT_MAX_ITERATIONS, validation_set="auto", batch_size=64,
-           verbose=True, random_seed=None):
+           verbose=True, random_seed=None, checkpoint_path=None,
+           checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None):
     """Train an image classifier by transfer learning from a pretrained network.
 
     Each image is resized to 224x224 RGB and mapped to a 1280-d vector by
@@ -501,7 +539,34 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
         images/s, time left) and a table during training.
     random_seed : int, optional
         Seed of the validation split. The classifier starts from zeros and
-        training is deterministic.
+        training is deterministic. ``None`` picks one (when resuming: the
+        checkpoint's).
+    checkpoint_path : str, optional
+        Write a training checkpoint to this file (atomically, replacing the
+        previous one) every ``checkpoint_every`` and after the last
+        iteration. It holds the current model (``tc.load_model`` returns a
+        usable classifier from it) plus what resuming needs: the optimizer's
+        moments, the iteration, the settings and a fingerprint of the data.
+        When resuming, the default is ``resume_from`` itself. In a cluster
+        only the worker of rank 0 writes.
+    checkpoint_every : int or str, default '60s'
+        An int counts iterations (Adam steps); a string such as ``'30s'``,
+        ``'10min'`` or ``'1h'`` is wall-clock time since the last checkpoint.
+    resume_from : str, optional
+        A checkpoint written by this function: the features are extracted
+        again (deterministic, and most of the time of a run) and training
+        continues after the checkpoint's iteration. With the same images and
+        settings the result equals an uninterrupted run (the tests kill a run
+        with SIGKILL and check 1e-5). Every setting (columns, classes, model,
+        l2_penalty, max_iterations, random_seed, validation set) must equal the
+        checkpoint's, else :class:`~toolkit.errors.CheckpointMismatchError`
+        names each difference; other images or labels only warn.
+
+    Devices and clusters: feature extraction and training run on the devices
+    of :mod:`toolkit.config`; in a parameter-server cluster each worker
+    extracts the features of its share of the images (every
+    ``num_workers``-th row from its rank) and all workers then train the
+    same classifier.
 
     Returns
     -------
@@ -548,6 +613,16 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
     V.check_validation_set(validation_set)
+    checkpoint_path = _checkpoint.check_path(checkpoint_path, "checkpoint_path")
+    resume_from = _checkpoint.check_path(resume_from, "resume_from")
+    _checkpoint.parse_every(checkpoint_every)
+    resume = None
+    if resume_from is not None:
+        resume = _checkpoint.read(resume_from, ImageClassifier._TASK)
+        if random_seed is None:
+            random_seed = resume.config.get("random_seed")
+        if checkpoint_path is None:
+            checkpoint_path = resume_from
 
     y = V.check_labels(dataset, target)
     classes = V.encode_labels(y, target)
@@ -583,15 +658,21 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     weights = load_efficientnet_lite0()
     backbone = _efficientnet.build(include_top=False, weights=weights, prefix="backbone_")
     _prepare_backbone(backbone, batch_size, len(values))
+    ctxs, cluster = config.contexts(), config.cluster()
+    if [str(c) for c in ctxs] != ["cpu(0)"]:
+        backbone.collect_params().reset_ctx(ctxs)
 
     say(f"Extracting {model} features of {len(values)} images "
-        f"(resized to {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE})...", verbose)
+        f"(resized to {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE}) on "
+        f"{config.describe(ctxs, cluster)}...", verbose)
     t_feat = time.perf_counter()
-    feats = extract(backbone, values, feature, index, batch_size, verbose)
+    feats = _extract_training(backbone, values, feature, index, batch_size, verbose, ctxs,
+                              cluster)
     valid_feats = None
     if valid_values is not None and len(valid_values):
         say(f"Extracting features of {len(valid_values)} validation images...", verbose)
-        valid_feats = extract(backbone, valid_values, feature, valid_index, batch_size, verbose)
+        valid_feats = extract(backbone, valid_values, feature, valid_index, batch_size, verbose,
+                              ctxs=ctxs)
     elif len(train_rows) < len(values):
         held = np.setdiff1d(np.arange(len(values)), train_rows)
         valid_feats, valid_ids = feats[held], label_ids[held]
@@ -601,9 +682,46 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
         raise DataError("After holding out the validation images only one class is left to "
                         "train on; pass validation_set=None or add images.")
 
+    run_config = {"target": target, "feature": feature, "classes": classes, "model": model,
+                  "l2_penalty": l2_penalty, "max_iterations": max_iterations,
+                  "random_seed": seed, "validation_set": _validation_config(
+                      validation_set, valid_feats, valid_ids)}
+    # Features rounded to 1e-3: the same images give the same fingerprint on any
+    # device, where float arithmetic differs in the last bits.
+    data_fingerprint = _checkpoint.fingerprint(np.round(train_feats, 3), train_ids, classes)
+    if resume is not None:
+        resume.check_compatible(run_config, data_fingerprint)
+    checkpoint = None
+    if checkpoint_path is not None:
+        backbone_weights = {"backbone." + k: v
+                            for k, v in get_weights(backbone, ctxs[0]).items()}
+        base_state = {
+            "target": target, "feature": feature, "classes": classes, "model": model,
+            "input_image_shape": [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE],
+            "num_classes": len(classes), "num_features": _net.NUM_FEATURES,
+            "num_examples": int(len(train_rows)), "max_iterations": max_iterations,
+            "l2_penalty": l2_penalty, "batch_size": batch_size, "random_seed": seed}
+
+        def snapshot(it, w_raw, b_raw, optimizer, arrays):
+            meta, opt = optimizer
+            arrays = dict(arrays, **{f"optimizer/{k}": v for k, v in opt.items()})
+            return dict(task=ImageClassifier._TASK, file_version=FILE_VERSION,
+                        state=base_state,
+                        weights=dict(backbone_weights, **{"classifier.weight": w_raw,
+                                                          "classifier.bias": b_raw}),
+                        position={"iteration": it, "max_iterations": max_iterations},
+                        config=run_config, data_fingerprint=data_fingerprint,
+                        extra={"optimizer": meta}, arrays=arrays)
+        checkpoint = {"schedule": _checkpoint.Schedule(checkpoint_path, checkpoint_every,
+                                                       config.is_writer()),
+                      "snapshot": snapshot}
+
     say("Training the classifier...", verbose)
     weight, bias, log = _train_classifier(train_feats, train_ids, valid_feats, valid_ids,
-                                          len(classes), l2_penalty, max_iterations, verbose)
+                                          len(classes), l2_penalty, max_iterations, verbose,
+                                          checkpoint=checkpoint, resume=resume)
+    if [str(c) for c in ctxs] != ["cpu(0)"]:
+        backbone.collect_params().reset_ctx(mx().cpu())
     classifier = _net.build_classifier(len(classes), weight, bias)
     net = _net.build(len(classes), backbone=backbone, classifier=classifier)
     state = {
@@ -620,6 +738,15 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     say(f"Training complete. Total time: {state['training_time']:.1f}s "
         f"(feature extraction {feature_time:.1f}s).", verbose)
     return ImageClassifier(state, net, backbone_ready=True)
+
+
+def _validation_config(validation_set, valid_feats, valid_ids):
+    """How validation was chosen, for comparing a resumed run's settings."""
+    if validation_set is None or isinstance(validation_set, str):
+        return validation_set
+    if valid_feats is None:
+        return "dataframe (no usable rows)"
+    return "dataframe " + _checkpoint.fingerprint(np.round(valid_feats, 3), valid_ids)[:16]
 
 
 def _prepare_validation(frame, feature, target, class_index):
@@ -642,29 +769,54 @@ def _prepare_validation(frame, feature, target, class_index):
     return values, ids, index
 
 
-def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbose):
+def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbose,
+                      checkpoint=None, resume=None):
     """Softmax regression on standardised features, full-batch Adam in mxnet.
 
     Minimises ``mean(log loss) + l2_penalty * ||W||^2``. Starts from zeros,
     so it is deterministic. Returns the weights acting on *raw* features (the
     standardisation folded in) and a log of the final metrics.
+
+    It runs on the first configured device only: it takes about a second,
+    and splitting the rows between devices would only change the rounding of
+    the summed gradient, which Adam magnifies for near-constant features (seen:
+    probabilities 1.7e-4 apart on two CPU devices). Feature extraction, the
+    expensive part, uses every device. A cluster does not take part here:
+    every worker holds all the features (see :func:`_extract_training`) and
+    computes the same deterministic steps.
+    ``checkpoint``: ``{"schedule", "snapshot"}`` where ``snapshot(it, w, b,
+    run)`` returns the checkpoint's contents; ``resume``: a
+    :class:`toolkit._checkpoint.Checkpoint` to continue from.
     """
     gluon, autograd, nd = mx().gluon, mx().autograd, mx().nd
     n = len(X)
     mean = X.mean(axis=0, dtype=np.float64)
     std = np.sqrt(X.var(axis=0, dtype=np.float64) + _STD_EPSILON)
-    Xs = nd.array(((X - mean) / std).astype(np.float32))
-    yn = nd.array(y.astype(np.float32))
+    Xs_np = ((X - mean) / std).astype(np.float32)
     Xvs = nd.array(((Xv - mean) / std).astype(np.float32)) if Xv is not None else None
     dense = gluon.nn.Dense(num_classes, in_units=X.shape[1], prefix="train_classifier_")
     dense.initialize(mx().init.Zero())
+    if resume is not None:
+        dense.weight.set_data(nd.array(resume.arrays["classifier/weight"]))
+        dense.bias.set_data(nd.array(resume.arrays["classifier/bias"]))
+    run = _training.setup(dense, "adam", {"learning_rate": _LEARNING_RATE}, use_cluster=False,
+                          ctxs=config.contexts()[:1])
     params = dense.collect_params()
     for p in params.values():
         p.grad_req = "add"
-    trainer = gluon.Trainer(params, "adam", {"learning_rate": _LEARNING_RATE})
+    first = 1
+    if resume is not None:
+        _training.restore_optimizer(run, resume.extra.get("optimizer"), {
+            k[len("optimizer/"):]: v for k, v in resume.arrays.items()
+            if k.startswith("optimizer/")})
+        first = int(resume.position["iteration"]) + 1
+        say(resume.describe(), verbose)
+    ctx0 = run.ctxs[0]
+    Xs = nd.array(Xs_np, ctx=ctx0)
+    yn = nd.array(y.astype(np.float32), ctx=ctx0)
 
     def evaluate(data, labels):
-        logp = nd.log_softmax(dense(data), axis=-1).asnumpy()
+        logp = nd.log_softmax(dense(data.as_in_context(ctx0)), axis=-1).asnumpy()
         return (float(np.mean(logp.argmax(axis=1) == labels)),
                 max(float(-np.mean(logp[np.arange(len(labels)), labels])), 0.0))
 
@@ -674,7 +826,8 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
     table = ProgressTable(cols + ["Elapsed Time"], verbose)
     table.start()
     report_every = max(1, max_iterations // 10)
-    for it in range(1, max_iterations + 1):
+    schedule = checkpoint["schedule"] if checkpoint else None
+    for it in range(first, max_iterations + 1):
         total_loss = correct = 0.0
         for s in range(0, n, _GRAD_CHUNK):
             # mxnet 1.5 refuses an NDArray slice that ends past the array: clamp.
@@ -685,11 +838,11 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
                 nll = -nd.pick(nd.log_softmax(logits, axis=-1), yb, axis=-1)
                 loss = nll.sum() / n
                 if s == 0 and l2_penalty > 0:
-                    loss = loss + l2_penalty * (dense.weight.data() ** 2).sum()
+                    loss = loss + l2_penalty * (dense.weight.data(ctx0) ** 2).sum()
             loss.backward()
             total_loss += float(nll.sum().asscalar())
             correct += float((logits.argmax(axis=-1) == yb).sum().asscalar())
-        trainer.step(1)
+        run.trainer.step(1)
         for p in params.values():
             p.zero_grad()
         if it == 1 or it % report_every == 0 or it == max_iterations:
@@ -697,6 +850,11 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
             if Xvs is not None:
                 row += list(evaluate(Xvs, yv))
             table.row(*row, f"{table.elapsed():.1f}")
+        if schedule is not None and schedule.due(it, final=(it == max_iterations)):
+            schedule.write(lambda: checkpoint["snapshot"](
+                it, *_folded(dense, ctx0, mean, std), _training.optimizer_arrays(run),
+                {"classifier/weight": dense.weight.data(ctx0).asnumpy(),
+                 "classifier/bias": dense.bias.data(ctx0).asnumpy()}))
     table.finish()
     train_acc, train_loss = evaluate(Xs, y)
     log = {"training_iterations": max_iterations,
@@ -705,8 +863,14 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
     if Xvs is not None:
         vacc, vloss = evaluate(Xvs, yv)
         log.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
-    w = dense.weight.data().asnumpy().astype(np.float64)
-    b = dense.bias.data().asnumpy().astype(np.float64)
+    w_raw, b_raw = _folded(dense, ctx0, mean, std)
+    return w_raw, b_raw, log
+
+
+def _folded(dense, ctx, mean, std):
+    """The dense layer's weights acting on raw features (standardisation folded in)."""
+    w = dense.weight.data(ctx).asnumpy().astype(np.float64)
+    b = dense.bias.data(ctx).asnumpy().astype(np.float64)
     w_raw = w / std
     b_raw = b - w_raw @ mean
-    return w_raw.astype(np.float32), b_raw.astype(np.float32), log
+    return w_raw.astype(np.float32), b_raw.astype(np.float32)

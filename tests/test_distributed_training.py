@@ -1,0 +1,56 @@
+"""Training on a local parameter-server cluster equals training in one process."""
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import toolkit as tc
+from toolkit.distributed import launch
+
+WORKER = """
+import sys
+import numpy as np
+import toolkit as tc
+out = sys.argv[1]
+data = tc.datasets.watch_sessions()
+ids = sorted(data["session_id"].unique())[:8]
+train = data[data["session_id"].isin(ids)].drop(columns="subject").reset_index(drop=True)
+model = tc.activity_classifier.create(train, "session_id", "exercise", prediction_window=20,
+                                      max_iterations=3, batch_size=16, random_seed=4,
+                                      verbose=False, checkpoint_path=out + ".ckpt",
+                                      checkpoint_every=1)
+info = tc.config.cluster()
+assert info is not None and info.num_workers == 2
+model.save(out)          # only rank 0 writes
+np.save(out + f".rank{info.rank}.npy",
+        np.stack(model.predict(train, output_type="probability_vector").to_numpy()))
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_same_model_as_one_process(tmp_path, watch_small):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    out = tmp_path / "cluster.model"
+    launch([sys.executable, str(script), str(out)], num_workers=2, num_servers=1, timeout=240,
+           verbose=False)
+    # Both workers end with the same model; only rank 0 wrote files.
+    r0, r1 = np.load(f"{out}.rank0.npy"), np.load(f"{out}.rank1.npy")
+    np.testing.assert_array_equal(r0, r1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".model", ".ckpt")) == \
+        ["cluster.model", "cluster.model.ckpt"]
+
+    alone = tc.activity_classifier.create(watch_small, "session_id", "exercise",
+                                          prediction_window=20, max_iterations=3,
+                                          batch_size=16, random_seed=4, verbose=False)
+    clustered = tc.load_model(str(out))
+    np.testing.assert_allclose(
+        np.stack(clustered.predict(watch_small, output_type="probability_vector")),
+        np.stack(alone.predict(watch_small, output_type="probability_vector")),
+        rtol=0, atol=1e-5)
+    from conftest import weights_of
+    wa, wb = weights_of(alone), weights_of(clustered)
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=0, atol=1e-5, err_msg=k)

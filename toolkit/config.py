@@ -1,0 +1,247 @@
+"""Where training runs: the devices of this process and the cluster it belongs to.
+
+Devices
+-------
+Every task trains data-parallel over a list of mxnet devices (contexts). The
+list is chosen, in this order, by:
+
+1. :func:`set_devices` / :func:`set_num_gpus` in this process;
+2. the environment variable ``TOOLKIT_DEVICES`` (``"gpu(0),gpu(1)"``,
+   ``"cpu(0),cpu(1)"``, or ``"cpu"``);
+3. the default: every GPU mxnet sees, else the CPU.
+
+Each global batch is split across the devices and their gradients are summed
+before one optimizer step, so the result equals training on one device with
+the same batch (the tests check 1e-5). Several CPU devices (``cpu(0)``,
+``cpu(1)``) run the same code path on a machine without GPUs; they share the
+machine's cores, so they are for testing, not for speed.
+
+Clusters
+--------
+A process started with ``DMLC_ROLE=worker`` (by
+``python -m toolkit.distributed`` or by hand, see the README) is a worker of
+an mxnet parameter-server cluster: ``create`` then trains with the
+``dist_sync`` key-value store, each worker computing its share of every
+global batch, and only the worker of rank 0 writes model files and
+checkpoints. :func:`cluster` tells a script its rank.
+"""
+
+import os
+import re
+
+from .errors import InvalidParameterError
+
+_devices = None            # None: not set in this process
+_ENV = "TOOLKIT_DEVICES"
+_DEVICE_RE = re.compile(r"^\s*(cpu|gpu)\s*(?:\(\s*(\d+)\s*\))?\s*$")
+
+
+def _mx():
+    from ._mx import mx
+    return mx()
+
+
+def _parse(spec, where):
+    if hasattr(spec, "device_type") and hasattr(spec, "device_id"):
+        return (str(spec.device_type).replace("cpu_pinned", "cpu"), int(spec.device_id))
+    if isinstance(spec, str):
+        m = _DEVICE_RE.match(spec)
+        if m:
+            return (m.group(1), int(m.group(2) or 0))
+    raise InvalidParameterError(
+        f"{where}: {spec!r} is not a device; use 'cpu', 'cpu(1)', 'gpu(0)' or an mxnet "
+        "context such as mx.gpu(0).")
+
+
+def set_devices(devices):
+    """Choose the devices every ``create`` trains on in this process.
+
+    Parameters
+    ----------
+    devices : list of str or mxnet.Context, or None
+        For example ``['gpu(0)', 'gpu(1)']`` or ``['cpu(0)', 'cpu(1)']``.
+        ``None`` restores the default (``TOOLKIT_DEVICES``, else every GPU,
+        else the CPU).
+
+    Raises
+    ------
+    toolkit.errors.InvalidParameterError
+        An entry that is not a device, a device listed twice, or an empty list.
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> tc.config.set_devices(['cpu(0)', 'cpu(1)'])
+    >>> tc.config.get_devices()
+    ['cpu(0)', 'cpu(1)']
+    >>> tc.config.set_devices(None)
+    """
+    global _devices
+    if devices is None:
+        _devices = None
+        return
+    if isinstance(devices, str) or not hasattr(devices, "__iter__"):
+        devices = [devices]
+    parsed = [_parse(d, "set_devices") for d in devices]
+    if not parsed:
+        raise InvalidParameterError("set_devices: the list is empty; give at least one device "
+                                    "or None for the default.")
+    if len(set(parsed)) != len(parsed):
+        raise InvalidParameterError(f"set_devices: a device is listed twice in {devices!r}.")
+    _devices = parsed
+
+
+def set_num_gpus(num_gpus):
+    """Turi Create's setting: train on ``num_gpus`` GPUs (``0``: CPU, ``-1``: all).
+
+    Parameters
+    ----------
+    num_gpus : int
+        ``-1`` uses every GPU mxnet sees (the CPU if there is none), ``0`` the
+        CPU only, ``n > 0`` the GPUs 0 to n-1.
+
+    Raises
+    ------
+    toolkit.errors.InvalidParameterError
+        ``num_gpus`` is not an int >= -1, or asks for more GPUs than exist
+        (checked when training starts).
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> tc.config.set_num_gpus(0)      # CPU only
+    >>> tc.config.get_devices()
+    ['cpu(0)']
+    >>> tc.config.set_devices(None)
+    """
+    global _devices
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < -1:
+        raise InvalidParameterError(
+            f"set_num_gpus: expected an int >= -1 (-1 all GPUs, 0 CPU), got {num_gpus!r}.")
+    if num_gpus == -1:
+        _devices = None
+    elif num_gpus == 0:
+        _devices = [("cpu", 0)]
+    else:
+        _devices = [("gpu", i) for i in range(num_gpus)]
+
+
+def _chosen():
+    if _devices is not None:
+        return list(_devices)
+    env = os.environ.get(_ENV, "").strip()
+    if env:
+        return [_parse(d, f"environment variable {_ENV}") for d in env.split(",") if d.strip()]
+    return None
+
+
+def get_devices():
+    """The devices training uses now, as strings (``['cpu(0)']``, ``['gpu(0)', ...]``).
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> tc.config.get_devices()       # doctest: +SKIP
+    ['cpu(0)']
+    """
+    return [f"{t}({i})" for t, i in _resolve()]
+
+
+def _resolve():
+    chosen = _chosen()
+    if chosen is not None:
+        return chosen
+    n = _num_gpus()
+    return [("gpu", i) for i in range(n)] if n else [("cpu", 0)]
+
+
+def _num_gpus():
+    try:
+        return int(_mx().context.num_gpus())
+    except Exception:   # a CPU-only build without CUDA libraries may raise here
+        return 0
+
+
+def contexts():
+    """The chosen devices as mxnet contexts, checked against the machine."""
+    devices = _resolve()
+    gpus = [i for t, i in devices if t == "gpu"]
+    if gpus:
+        have = _num_gpus()
+        missing = [i for i in gpus if i >= have]
+        if missing:
+            raise InvalidParameterError(
+                f"Training was asked to use gpu({missing[0]}) but mxnet sees {have} GPU(s) on "
+                "this machine (a CPU-only mxnet build sees none). Choose devices with "
+                "toolkit.config.set_devices([...]) or set_num_gpus(0) for the CPU.")
+    mx = _mx()
+    return [mx.gpu(i) if t == "gpu" else mx.cpu(i) for t, i in devices]
+
+
+def describe(ctxs, cluster_info=None):
+    """A short phrase for progress output: 'CPU', '2 devices (cpu(0), cpu(1))', ..."""
+    names = [str(c) for c in ctxs]
+    text = "CPU" if names == ["cpu(0)"] else \
+        (names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names)})")
+    if cluster_info is not None:
+        text += (f", worker {cluster_info.rank} of {cluster_info.num_workers} "
+                 "(parameter-server cluster, dist_sync)")
+    return text
+
+
+# --- parameter-server clusters ----------------------------------------------
+
+class Cluster:
+    """This process's place in a parameter-server cluster (see :func:`cluster`)."""
+
+    def __init__(self, kvstore):
+        self.kvstore = kvstore
+        self.rank = int(kvstore.rank)
+        self.num_workers = int(kvstore.num_workers)
+
+    def __repr__(self):
+        return f"Cluster(rank={self.rank}, num_workers={self.num_workers})"
+
+
+_cluster = None
+
+
+def in_cluster():
+    """Whether this process was started as a parameter-server worker."""
+    return os.environ.get("DMLC_ROLE", "").strip() == "worker"
+
+
+def cluster():
+    """The cluster this process is a worker of, or ``None`` outside a cluster.
+
+    The first call joins the cluster (creates mxnet's ``dist_sync`` key-value
+    store, which waits for the scheduler); later calls return the same object.
+
+    Returns
+    -------
+    Cluster or None
+        With ``rank`` (0 .. num_workers-1), ``num_workers`` and ``kvstore``.
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> info = tc.config.cluster()
+    >>> info is None or info.rank >= 0
+    True
+    """
+    global _cluster
+    if not in_cluster():
+        return None
+    if _cluster is None:
+        _cluster = Cluster(_mx().kv.create("dist_sync"))
+    return _cluster
+
+
+def is_writer():
+    """Whether this process writes model files and checkpoints (rank 0, or no cluster)."""
+    if not in_cluster():
+        return True
+    return cluster().rank == 0
+
+
+__all__ = ["set_devices", "set_num_gpus", "get_devices", "cluster", "in_cluster", "Cluster"]
