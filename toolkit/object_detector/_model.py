@@ -8,7 +8,24 @@ streamed batches, into a float16 memory-mapped temporary file (164 KB per
 image, on disk: memory does not grow with the number of images), so training
 the head takes seconds to minutes on 2 CPU cores. Loss: YOLOv2's (Turi
 Create's weights: xy 10, wh 10/2 Huber on log sizes, objectness 100 on
-responsible anchors and 5 on background, class 2), Adam.
+responsible anchors and 5 on background, class 2), Adam with weight decay
+5e-4, learning rate 1e-3 divided by 10 at half and at three quarters of the
+steps (an mxnet ``MultiFactorScheduler`` inside the optimizer, so the
+schedule reaches parameter servers and resumes from the update count).
+
+Devices, clusters and checkpoints
+---------------------------------
+Every random draw after the head's initialisation comes from one seeded
+numpy generator: the shuffling and the dropout on the cached features, whose
+masks are drawn on the host for the whole batch and passed into the head's
+training graph (``_net.TrainingHead``) instead of mxnet's per-device dropout.
+A batch is dealt to the devices of :mod:`toolkit.config` one image at a time
+and each device's loss is divided by the whole batch's normalisers (the
+number of responsible anchors, images x cells), so the summed gradients equal
+one device's (tests: 1e-5). A checkpoint keeps the weights, Adam's state, the
+generator's state and the shuffling order, so a resumed run ends where an
+uninterrupted one does. In a parameter-server cluster each worker extracts
+and trains on its own share of the images (see :func:`create`).
 
 File versions of the ``object_detector`` task:
 
@@ -21,9 +38,11 @@ File versions of the ``object_detector`` task:
    ``num_classes``, ``num_examples``, ``num_bounding_boxes``, ``batch_size``,
    ``max_iterations``, ``training_iterations``, ``training_epochs``,
    ``training_loss``, ``training_time``, ``feature_extraction_time``,
-   ``random_seed``.
+   ``random_seed`` (``None`` in files written before checkpoints existed;
+   since then always the seed used, drawn when none was given).
 """
 
+import hashlib
 import os
 import tempfile
 import time
@@ -31,10 +50,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import _images
+from .. import _checkpoint, _images, _training, config
 from .. import _validate as V
 from .._model import Model
-from .._mx import get_weights, mx
+from .._mx import get_weights, mx, set_weights
 from .._progress import ProgressTable, say
 from ..errors import (ColumnNotFoundError, CorruptModelFileError, DataError,
                       InvalidParameterError)
@@ -433,11 +452,16 @@ def _targets(boxes_list, anchors, G, C):
     return obj, noobj, txy, twh, cls
 
 
-def _loss(F, out, obj, noobj, txy, twh, cls, A, C):
-    """YOLOv2 loss (Turi Create's weights) of raw outputs (B, A(5+C), G, G)."""
+def _loss(F, out, obj, noobj, txy, twh, cls, A, C, count, cells):
+    """YOLOv2 loss (Turi Create's weights) of raw outputs (B, A(5+C), G, G).
+
+    ``count`` (responsible anchors + 1e-4) and ``cells`` (images x G x G)
+    normalise the sums. They are the GLOBAL batch's, computed on the host, so
+    that the losses of the devices (and workers) sharing a batch add up to the
+    loss of the whole batch on one device.
+    """
     B, G = out.shape[0], out.shape[2]
     p = out.reshape((B, A, 5 + C, G, G)).transpose((0, 3, 4, 1, 2))   # (B, G, G, A, 5+C)
-    count = obj.sum() + 1e-4
     xy = F.sigmoid(F.slice_axis(p, axis=4, begin=0, end=2))
     wh = F.slice_axis(p, axis=4, begin=2, end=4)
     to = F.slice_axis(p, axis=4, begin=4, end=5).reshape((B, G, G, A))
@@ -449,15 +473,32 @@ def _loss(F, out, obj, noobj, txy, twh, cls, A, C):
     loss_wh = _LMB_WH / 2 * (o * huber).sum() / count
     bce_pos = F.relu(-to) + F.log1p(F.exp(-F.abs(to)))          # -log sigmoid(to)
     bce_neg = F.relu(to) + F.log1p(F.exp(-F.abs(to)))           # -log(1 - sigmoid(to))
-    loss_conf = (_LMB_OBJ * obj * bce_pos + _LMB_NOOBJ * noobj * bce_neg).sum() / (B * G * G)
+    loss_conf = (_LMB_OBJ * obj * bce_pos + _LMB_NOOBJ * noobj * bce_neg).sum() / cells
     logp = F.log_softmax(logits, axis=4)
     picked = F.pick(logp, cls, axis=4)
     loss_cls = _LMB_CLASS * -(obj * picked).sum() / count
     return loss_xy + loss_wh + loss_conf + loss_cls
 
 
+def _lr_schedule(iters):
+    """(initial learning rate, MultiFactorScheduler steps) for ``iters`` steps.
+
+    The learning rate drops tenfold before the 0-based steps ``iters // 2``
+    and ``3 * iters // 4``. mxnet's scheduler lowers the rate once the
+    update count (1-based, the step being taken) passes a listed step, so
+    the listed steps are those same numbers; a drop "before step 0" (one or
+    two steps in all) lowers the initial rate instead, since the scheduler
+    takes only steps >= 1. The optimizer owns the schedule, so it reaches
+    parameter servers and resumes from the restored update count.
+    """
+    drops = sorted({iters // 2, 3 * iters // 4})
+    base = _LEARNING_RATE * 0.1 ** sum(d < 1 for d in drops)
+    return base, [d for d in drops if d >= 1]
+
+
 def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes=None,
-           batch_size=0, max_iterations=0, verbose=True, random_seed=None):
+           batch_size=0, max_iterations=0, verbose=True, random_seed=None,
+           checkpoint_path=None, checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None):
     """Train an object detector on images annotated with labelled boxes.
 
     Parameters
@@ -480,12 +521,45 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         Classes to learn; objects with other labels are ignored (with a
         warning). ``None``: the sorted labels seen.
     batch_size : int
-        Images per training step; 0 -> 32.
+        Images per training step; 0 -> 32. Several devices
+        (:mod:`toolkit.config`) share each batch and give the same result as
+        one. In a parameter-server cluster each of the ``N`` workers trains
+        on its own share of the images (rows ``rank, rank + N, ...``) with
+        ``batch_size // N`` images per step, so a step still covers about
+        ``batch_size`` images (``batch_size`` must be at least ``N``).
     max_iterations : int
-        Training steps; 0 -> ``clip(30 epochs, 500, 3000)`` steps.
+        Training steps (optimizer updates of the head); 0 ->
+        ``clip(30 epochs, 500, 3000)`` steps.
     verbose : bool
         Print progress (a table of iteration, smoothed loss, elapsed seconds).
     random_seed : int, optional
+        Seed for the head's initialisation, shuffling and dropout. ``None``
+        picks one, stored in the model (when resuming: the checkpoint's).
+    checkpoint_path : str, optional
+        Write a training checkpoint to this file (atomically, replacing the
+        previous one) every ``checkpoint_every`` and after the last step. A
+        checkpoint holds the current weights (``tc.load_model`` returns a
+        usable detector from it) plus what resuming needs: the optimizer's
+        moments, the step, the shuffling order, the random state, the
+        settings and a fingerprint of the data. When resuming, the default is
+        ``resume_from`` itself. In a cluster only the worker of rank 0 writes.
+    checkpoint_every : int or str, default '60s'
+        An int counts iterations (training steps; ``1``: after every step); a
+        string such as ``'30s'``, ``'10min'`` or ``'1h'`` is wall-clock time
+        since the last checkpoint, checked after each step.
+    resume_from : str, optional
+        A checkpoint written by this function: the image features are
+        extracted again (deterministic) and training of the head continues
+        after the checkpoint's step. With the same data and settings the
+        result equals an uninterrupted run (up to float rounding; the tests
+        kill a run with SIGKILL and check 1e-5). Rules: every setting
+        (feature, annotations, classes, model, batch_size, max_iterations,
+        random_seed) must equal the checkpoint's, else
+        :class:`~toolkit.errors.CheckpointMismatchError` names each
+        difference; other data than the checkpoint's (its fingerprint of the
+        decoded images and boxes differs) only warns and training continues on
+        the new data. A cluster run's optimizer moments live on its servers,
+        are not in the checkpoint and restart from zero.
 
     Returns
     -------
@@ -497,6 +571,14 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     >>> train = tc.datasets.detection_scenes(300, random_seed=0)      # doctest: +SKIP
     >>> model = tc.object_detector.create(train, max_iterations=300)  # doctest: +SKIP
     >>> model.evaluate(tc.datasets.detection_scenes(50, split='test'))  # doctest: +SKIP
+
+    Checkpoint every 100 steps; after a crash, the same call with
+    ``resume_from`` continues where the last checkpoint stopped:
+
+    >>> model = tc.object_detector.create(train, max_iterations=300,
+    ...     checkpoint_path='run.ckpt', checkpoint_every=100)         # doctest: +SKIP
+    >>> model = tc.object_detector.create(train, max_iterations=300,
+    ...     resume_from='run.ckpt')                                   # doctest: +SKIP
     """
     t_start = time.perf_counter()
     V.check_dataframe(dataset, "dataset")
@@ -505,7 +587,21 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     batch_size = V.check_int(batch_size, "batch_size", 0)
     max_iterations = V.check_int(max_iterations, "max_iterations", 0)
     verbose = V.check_bool(verbose, "verbose")
-    seed = V.check_seed(random_seed) if random_seed is not None else None
+    random_seed = V.check_seed(random_seed) if random_seed is not None else None
+    checkpoint_path = _checkpoint.check_path(checkpoint_path, "checkpoint_path")
+    resume_from = _checkpoint.check_path(resume_from, "resume_from")
+    _checkpoint.parse_every(checkpoint_every)
+    resume = None
+    if resume_from is not None:
+        resume = _checkpoint.read(resume_from, ObjectDetector._TASK)
+        if random_seed is None and resume.config.get("random_seed") is not None:
+            random_seed = V.check_seed(resume.config["random_seed"])
+        if checkpoint_path is None:
+            checkpoint_path = resume_from
+    # A concrete seed even when none was given, so that a resumed run draws
+    # from the same stream as the interrupted one.
+    seed = random_seed if random_seed is not None else int(
+        np.random.SeedSequence().entropy % 2**32)
     feature = _images.find_image_column(dataset, feature,
                                         exclude=(annotations,) if annotations else ())
     if annotations is None:
@@ -532,10 +628,41 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     if batch_size == 0:
         batch_size = DEFAULT_BATCH_SIZE
         say(f"Setting 'batch_size' to {batch_size}", verbose)
-    rng = np.random.RandomState(seed)
-    if seed is not None:
-        mx().random.seed(seed)
     values, column, index, _ = _image_input(dataset, feature)
+    n_all = len(values)
+    if max_iterations == 0:
+        iters = int(np.clip(30 * n_all // batch_size, 500, 3000))
+        say(f"Setting 'max_iterations' to {iters}", verbose)
+    else:
+        iters = max_iterations
+    run_config = {"feature": feature, "annotations": annotations, "classes": classes,
+                  "model": model, "batch_size": batch_size, "max_iterations": iters,
+                  "random_seed": seed}
+    if resume is not None:
+        # Settings first, before the (long) feature extraction; the data
+        # fingerprint is compared once the images have been read.
+        resume.check_compatible(run_config, resume.info["data_fingerprint"])
+
+    # In a cluster every worker extracts and trains on its own share of the images.
+    cl = config.cluster()
+    rank, workers = (cl.rank, cl.num_workers) if cl is not None else (0, 1)
+    local_batch = batch_size // workers
+    if local_batch < 1:
+        raise InvalidParameterError(
+            f"'batch_size' is {batch_size} but the cluster has {workers} workers; each worker "
+            f"trains on batch_size // {workers} images per step, so batch_size must be at "
+            f"least {workers}.")
+    if n_all < workers:
+        raise DataError(f"The dataset has {n_all} images, fewer than the {workers} workers of "
+                        "the cluster; each worker needs at least one.")
+    if workers > 1:
+        values, rows, index = values[rank::workers], rows[rank::workers], index[rank::workers]
+        # Distinct dropout and shuffling streams per worker (rank 0's is the
+        # one-process stream, and the one its checkpoints keep).
+        rng = np.random.RandomState([seed, rank] if rank else seed)
+    else:
+        rng = np.random.RandomState(seed)
+    mx().random.seed(seed)
     class_index = {c: i for i, c in enumerate(classes)}
     anchors = np.asarray(_net.DEFAULT_ANCHORS, np.float64)
     A, C, G = len(anchors), len(classes), _net.GRID
@@ -544,7 +671,6 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     t0 = time.perf_counter()
     backbone = _efficientnet.build(include_top=False, prefix="backbone_")
     from ..pretrained import load_efficientnet_lite0
-    from .._mx import set_weights
     w = {k: v for k, v in load_efficientnet_lite0().items() if not k.startswith("fc.")}
     set_weights(backbone, w, what="EfficientNet-Lite0")
     fmap = _net.feature_map(backbone)
@@ -560,10 +686,14 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
                                                                     2 * G))
         counters = {"clipped": 0, "dropped": 0, "unknown": 0}
         boxes = []
+        # The checkpoints' data fingerprint: the decoded pixels as they stream
+        # through, then the parsed boxes (exact, and free next to the network).
+        pixel_hash = hashlib.sha256()
         from tqdm import tqdm
         with tqdm(total=n, desc="Extracting image features", unit="img", disable=not verbose,
                   mininterval=1.0) as bar:
             for s, pixels, sizes in _batches(values, column, index, NETWORK_BATCH):
+                pixel_hash.update(np.ascontiguousarray(pixels).tobytes())
                 coarse, fine = fmap(_to_input(pixels, mx().cpu()))
                 cache[0][s:s + len(pixels)] = coarse.asnumpy()
                 cache[1][s:s + len(pixels)] = fine.asnumpy()
@@ -575,71 +705,170 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         num_boxes = int(sum(len(b) for b in boxes))
         if num_boxes == 0:
             raise DataError(f"No usable box of the classes {classes!r} in column "
-                            f"'{annotations}'. " + _annotations.VALID_ANNOTATION)
+                            f"'{annotations}'" + (f" (worker {rank}'s share of the images)"
+                                                  if workers > 1 else "") + ". "
+                            + _annotations.VALID_ANNOTATION)
         extraction_time = time.perf_counter() - t0
-        if max_iterations == 0:
-            iters = int(np.clip(30 * n // batch_size, 500, 3000))
-            say(f"Setting 'max_iterations' to {iters}", verbose)
-        else:
-            iters = max_iterations
+        data_fingerprint = _checkpoint.fingerprint(
+            pixel_hash.hexdigest(), np.array([len(b) for b in boxes], np.int64),
+            np.concatenate(boxes), classes)
+        if resume is not None:
+            # The checkpoint (rank 0's) fingerprints rank 0's share of the images only.
+            resume.check_compatible(run_config, data_fingerprint if rank == 0
+                                    else resume.info["data_fingerprint"])
+        state = {
+            "feature": feature, "annotations": annotations, "classes": classes, "model": model,
+            "anchors": [list(map(float, a)) for a in anchors], "grid_shape": [G, G],
+            "input_image_shape": [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE],
+            "non_maximum_suppression_threshold": 0.45, "num_classes": C, "num_examples": n_all,
+            "num_bounding_boxes": num_boxes, "batch_size": batch_size,
+            "max_iterations": max_iterations, "training_iterations": iters,
+            "training_epochs": iters * batch_size // n_all, "training_loss": None,
+            "training_time": None, "feature_extraction_time": extraction_time,
+            "random_seed": seed,
+        }
+        checkpoint = None
+        if checkpoint_path is not None:
+            checkpoint = {
+                "schedule": _checkpoint.Schedule(checkpoint_path, checkpoint_every,
+                                                 config.is_writer()),
+                "config": run_config, "fingerprint": data_fingerprint, "state": state,
+                "backbone": {f"backbone.{k}": v for k, v in get_weights(backbone).items()}}
 
         # 2. Train the head on the cached features.
-        head, loss = _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose,
-                                 t_start)
+        head, loss = _train_head(cache, boxes, anchors, C, local_batch, iters, rng, verbose,
+                                 t_start, checkpoint=checkpoint, resume=resume)
     finally:
         cache = flat = None
         os.unlink(tmp.name)
     net = _net.build(A, C, backbone=backbone, head=head)
-    state = {
-        "feature": feature, "annotations": annotations, "classes": classes, "model": model,
-        "anchors": [list(map(float, a)) for a in anchors], "grid_shape": [G, G],
-        "input_image_shape": [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE],
-        "non_maximum_suppression_threshold": 0.45, "num_classes": C, "num_examples": n,
-        "num_bounding_boxes": num_boxes, "batch_size": batch_size,
-        "max_iterations": max_iterations, "training_iterations": iters,
-        "training_epochs": iters * batch_size // n, "training_loss": loss,
-        "training_time": time.perf_counter() - t_start,
-        "feature_extraction_time": extraction_time, "random_seed": seed,
-    }
+    state.update(training_loss=loss, training_time=time.perf_counter() - t_start)
     return ObjectDetector(state, net)
 
 
-def _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose, t_start):
-    nd, autograd, gluon = mx().nd, mx().autograd, mx().gluon
+def _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose, t_start,
+                checkpoint=None, resume=None):
+    """Train a head on the cached features; return (head on the CPU, smoothed loss).
+
+    ``batch_size`` is this process's batch (in a cluster, the worker's
+    share). The batch is dealt to this process's devices one image at a
+    time; each device's loss is normalised by the whole batch's counts, so
+    the gradients the trainer sums equal one device's. ``checkpoint``: a
+    dict with ``schedule``, ``config``, ``fingerprint``, ``state`` and
+    ``backbone`` (weights) to write; ``resume``: a
+    :class:`toolkit._checkpoint.Checkpoint` to continue from.
+    """
+    nd, autograd = mx().nd, mx().autograd
     A, G, n = len(anchors), _net.GRID, len(boxes)
-    head = _net.build_head(A, C)
-    head.hybridize()
-    trainer = gluon.Trainer(head.collect_params(), "adam",
-                            {"learning_rate": _LEARNING_RATE, "wd": 5e-4})
+    head = _net.build_head(A, C, seed_bias=resume is None)
+    first = 0
+    if resume is not None:
+        set_weights(head, {k[len("head."):]: v for k, v in resume.weights.items()
+                           if k.startswith("head.")}, what="object detector head")
+        first = min(int(resume.position["iteration"]), iters)
+    train_net = _net.training_head(head)
+    train_net.hybridize()
+    base_lr, lr_steps = _lr_schedule(iters)
+    # begin_num_update: the schedule continues from the checkpoint's step even
+    # where the optimizer's state cannot be restored (on parameter servers).
+    opt_params = {"learning_rate": base_lr, "wd": 5e-4, "begin_num_update": first}
+    if lr_steps:
+        opt_params["lr_scheduler"] = mx().lr_scheduler.MultiFactorScheduler(
+            step=lr_steps, factor=0.1, base_lr=base_lr)
+    run = _training.setup(head, "adam", opt_params)
+    workers = run.num_workers
+    smoothed, order, pos = None, None, 0
+    if resume is not None:
+        extra = resume.extra
+        restored = _training.restore_optimizer(run, extra.get("optimizer"), {
+            k[len("optimizer/"):]: v for k, v in resume.arrays.items()
+            if k.startswith("optimizer/")})
+        rng = resume.rng()
+        if run.rank:
+            # The checkpoint holds rank 0's stream; other workers derive their own.
+            rng = np.random.RandomState([int(rng.randint(2**31)), run.rank])
+        else:
+            stored = np.asarray(extra.get("order", []), np.int64)
+            # Another share of the images (other data, or another number of
+            # workers) starts a fresh pass instead.
+            if len(stored) == n and np.array_equal(np.sort(stored), np.arange(n)):
+                order, pos = stored, int(extra.get("pos", 0))
+        smoothed = extra.get("smoothed_loss")
+        say(resume.describe(), verbose)
+        if not restored:
+            say("The optimizer's moments of a cluster run live on its servers and are not in "
+                "the checkpoint: they restart from zero.", verbose)
+    if order is None:
+        order, pos = rng.permutation(n), 0
+    say(f"Training on {run.describe()}.", verbose)
     table = ProgressTable(["Iteration", "Loss", "Elapsed Time"], verbose)
     started = False
-    smoothed, last = None, -1e9
-    order, pos = rng.permutation(n), 0
-    for it in range(iters):
-        if it == iters // 2 or it == 3 * iters // 4:
-            trainer.set_learning_rate(trainer.learning_rate * 0.1)
+    last_print = -1e9
+    schedule = checkpoint["schedule"] if checkpoint else None
+    ctxs = run.ctxs
+    for it in range(first, iters):
         if pos + batch_size > n:
             order, pos = rng.permutation(n), 0
         idx = np.sort(order[pos:pos + batch_size])
         pos += batch_size
-        x = nd.array(np.asarray(cache[0][idx], np.float32))
-        xf = nd.array(np.asarray(cache[1][idx], np.float32))
-        bl = [boxes[i] for i in idx]
-        obj, noobj, txy, twh, cls = (nd.array(t) for t in _targets(bl, anchors, G, C))
+        B = len(idx)
+        x_all = np.asarray(cache[0][idx], np.float32)
+        xf_all = np.asarray(cache[1][idx], np.float32)
+        targets = _targets([boxes[i] for i in idx], anchors, G, C)
+        keep, keep_fine = _net.dropout_masks(rng, B)
+        # The whole batch's normalisers. In a cluster the gradients of the
+        # workers are summed too: each worker divides by its own counts times
+        # the number of workers, so a step follows the mean of the workers'
+        # losses (the one-process loss when their batches hold as many boxes).
+        count = (float(targets[0].sum()) + 1e-4) * workers
+        cells = float(B * G * G * workers)
+        dealt = _training.split(np.arange(B), 1, len(ctxs))
+        losses = []
         with autograd.record():
-            out = head(x, xf)
-            loss = _loss(nd, out, obj, noobj, txy, twh, cls, A, C)
-        loss.backward()
-        trainer.step(1)
-        value = float(loss.asscalar())
+            for ctx, groups in zip(ctxs, dealt):
+                # A device without a share this step still runs its (zero-weight)
+                # backward pass, so that its gradient buffers hold zeros and
+                # every copy of the weights takes the same update.
+                p = np.concatenate(groups) if groups else np.arange(1)
+                out = train_net(nd.array(x_all[p], ctx=ctx), nd.array(xf_all[p], ctx=ctx),
+                                nd.array(keep[p], ctx=ctx), nd.array(keep_fine[p], ctx=ctx))
+                loss = _loss(nd, out, *(nd.array(t[p], ctx=ctx) for t in targets), A, C,
+                             count, cells)
+                losses.append(loss if groups else loss * 0.0)
+        autograd.backward(losses)
+        run.trainer.step(1)
+        value = workers * sum(float(v.asscalar()) for v in losses)
         smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+        step = it + 1
         now = time.perf_counter() - t_start
-        if verbose and (it == 0 or now - last >= 5.0 or it + 1 == iters):
+        if verbose and (it == first or now - last_print >= 5.0 or step == iters):
             if not started:
                 table.start()
                 started = True
-            table.row(it + 1, smoothed, f"{now:.1f}")
-            last = now
+            table.row(step, smoothed, f"{now:.1f}")
+            last_print = now
+        if schedule is not None and schedule.due(step, final=(step == iters)):
+            schedule.write(lambda: _snapshot(head, run, rng, order, pos, step, iters, smoothed,
+                                             checkpoint))
     if started:
         table.finish()
-    return head, float(smoothed)
+    # A fresh CPU head takes the final weights: copying into parameters that
+    # mxnet reordered for its kernels (or placed on several devices) is unreliable.
+    final = _net.build_head(A, C, seed_bias=False)
+    set_weights(final, get_weights(head, ctxs[0]), what="object detector head")
+    return final, (None if smoothed is None else float(smoothed))
+
+
+def _snapshot(head, run, rng, order, pos, step, iters, smoothed, checkpoint):
+    """Everything a resumed run needs, as keyword arguments of _checkpoint.write."""
+    weights = dict(checkpoint["backbone"])
+    weights.update({f"head.{k}": v for k, v in get_weights(head, run.ctxs[0]).items()})
+    meta, opt = _training.optimizer_arrays(run)
+    state = dict(checkpoint["state"], training_iterations=step,
+                 training_loss=None if smoothed is None else float(smoothed))
+    return dict(task=ObjectDetector._TASK, file_version=FILE_VERSION, state=state,
+                weights=weights, position={"iteration": step, "max_iterations": iters},
+                config=checkpoint["config"], data_fingerprint=checkpoint["fingerprint"],
+                rng=rng, extra={"optimizer": meta, "smoothed_loss": smoothed,
+                                "order": [int(i) for i in order], "pos": int(pos)},
+                arrays={f"optimizer/{k}": v for k, v in opt.items()})

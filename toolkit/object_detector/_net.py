@@ -36,7 +36,8 @@ HIDDEN = 256
 FINE_BLOCK = 10
 FINE_CHANNELS = 112
 FINE_HIDDEN = 128
-#: Dropout on the backbone's features while training the head.
+#: Dropout on the backbone's features while training the head (masks drawn on the
+#: host, see :func:`dropout_masks`).
 DROPOUT = 0.3
 INPUT_SCALE = 1.0 / 127.5
 INPUT_BIAS = -1.0
@@ -67,11 +68,27 @@ def _classes():
                     self.out = nn.Conv2D(num_outputs, 1, in_channels=HIDDEN)
 
             def hybrid_forward(self, F, x, fine):
-                # Dropout on the features regularises the head (training only).
-                x = F.LeakyReLU(self.conv1(F.Dropout(x, p=DROPOUT)), slope=0.1)
-                y = F.LeakyReLU(self.fine(F.Dropout(fine, p=DROPOUT)), slope=0.1)
-                x = F.LeakyReLU(self.conv2(F.concat(x, y, dim=1)), slope=0.1)
-                return self.out(x)
+                # Dropout is the identity at prediction time; training does not use
+                # this path but TrainingHead, with dropout masks drawn on the host.
+                return _layers(F, self, F.Dropout(x, p=DROPOUT), F.Dropout(fine, p=DROPOUT))
+
+        class TrainingHead(gluon.HybridBlock):
+            """The head's training forward pass: dropout by masks given as inputs.
+
+            ``keep`` and ``keep_fine`` are the inputs' shapes, 0 or ``1 / (1 -
+            DROPOUT)``, drawn with numpy by the trainer from its seeded generator
+            for the whole global batch, so a step does not depend on the devices
+            that share it (mxnet's own dropout draws on each device's generator,
+            whose state no checkpoint can restore). The parameters are the
+            wrapped head's own.
+            """
+
+            def __init__(self, head, **kwargs):
+                super().__init__(**kwargs)
+                self.head = head
+
+            def hybrid_forward(self, F, x, fine, keep, keep_fine):
+                return _layers(F, self.head, x * keep, fine * keep_fine)
 
         def _maps(b, x):
             blocks = list(b.blocks)
@@ -104,8 +121,16 @@ def _classes():
             def hybrid_forward(self, F, x):
                 return _maps(self.backbone, self.backbone.stem(x))
 
-        _CLASSES = (DetectorHead, ObjectDetectorNet, FeatureMap)
+        _CLASSES = (DetectorHead, ObjectDetectorNet, FeatureMap, TrainingHead)
     return _CLASSES
+
+
+def _layers(F, head, x, fine):
+    """The head's layers on (already dropped-out) feature maps."""
+    x = F.LeakyReLU(head.conv1(x), slope=0.1)
+    y = F.LeakyReLU(head.fine(fine), slope=0.1)
+    x = F.LeakyReLU(head.conv2(F.concat(x, y, dim=1)), slope=0.1)
+    return head.out(x)
 
 
 def build_head(num_anchors, num_classes, ctx=None, seed_bias=True):
@@ -129,6 +154,28 @@ def build(num_anchors, num_classes, weights=None, backbone=None, head=None, ctx=
     if weights is not None:
         set_weights(net, weights, what="object detector")
     return net
+
+
+def training_head(head):
+    """The training forward pass of ``head`` with dropout masks as inputs (shares its weights).
+
+    Returns a block ``(x, fine, keep, keep_fine) -> raw outputs``; see
+    :func:`dropout_masks`.
+    """
+    return _classes()[3](head, prefix="object_detector_training_")
+
+
+def dropout_masks(rng, n):
+    """Inverted-dropout masks for ``n`` images: (n, 1280, G, G) and (n, 112, 2G, 2G).
+
+    Each entry is 0 with probability ``DROPOUT``, else ``1 / (1 - DROPOUT)``,
+    as mxnet's ``Dropout`` in training mode, but drawn from the numpy
+    generator ``rng`` (whose state checkpoints keep).
+    """
+    scale = np.float32(1.0 / (1.0 - DROPOUT))
+    keep = (rng.random_sample((n, FEATURE_CHANNELS, GRID, GRID)) >= DROPOUT) * scale
+    keep_fine = (rng.random_sample((n, FINE_CHANNELS, 2 * GRID, 2 * GRID)) >= DROPOUT) * scale
+    return keep.astype(np.float32), keep_fine.astype(np.float32)
 
 
 def feature_map(backbone):
