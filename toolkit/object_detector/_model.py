@@ -690,17 +690,35 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         # through, then the parsed boxes (exact, and free next to the network).
         pixel_hash = hashlib.sha256()
         from tqdm import tqdm
-        with tqdm(total=n, desc="Extracting image features", unit="img", disable=not verbose,
-                  mininterval=1.0) as bar:
-            for s, pixels, sizes in _batches(values, column, index, NETWORK_BATCH):
-                pixel_hash.update(np.ascontiguousarray(pixels).tobytes())
-                coarse, fine = fmap(_to_input(pixels, mx().cpu()))
+        # Several devices: consecutive batches go to the devices in turn and run
+        # concurrently (the backbone is frozen, so this is plain inference).
+        ctxs = config.contexts()
+        spread = [str(c) for c in ctxs] != ["cpu(0)"]
+        if spread:
+            fmap.collect_params().reset_ctx(ctxs)
+        pending = []
+
+        def flush():
+            running = [(s, pixels, sizes, fmap(_to_input(pixels, ctx)))
+                       for (s, pixels, sizes), ctx in zip(pending, ctxs)]
+            for s, pixels, sizes, (coarse, fine) in running:
                 cache[0][s:s + len(pixels)] = coarse.asnumpy()
                 cache[1][s:s + len(pixels)] = fine.asnumpy()
                 for i, size in enumerate(sizes):
                     boxes.append(_annotations.to_boxes(rows[s + i], size, class_index,
                                                        counters))
                 bar.update(len(pixels))
+            pending.clear()
+        with tqdm(total=n, desc="Extracting image features", unit="img", disable=not verbose,
+                  mininterval=1.0) as bar:
+            for item in _batches(values, column, index, NETWORK_BATCH):
+                pixel_hash.update(np.ascontiguousarray(item[1]).tobytes())
+                pending.append(item)
+                if len(pending) == len(ctxs):
+                    flush()
+            flush()
+        if spread:
+            fmap.collect_params().reset_ctx(mx().cpu())
         _annotations.warn_counters(counters, annotations)
         num_boxes = int(sum(len(b) for b in boxes))
         if num_boxes == 0:
