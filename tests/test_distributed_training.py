@@ -54,3 +54,35 @@ def test_two_workers_train_the_same_model_as_one_process(tmp_path, watch_small):
     wa, wb = weights_of(alone), weights_of(clustered)
     for k in wa:
         np.testing.assert_allclose(wb[k], wa[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+IC_WORKER = """
+import sys
+import numpy as np
+import toolkit as tc
+out = sys.argv[1]
+digits = tc.datasets.mnist_digits()
+train, test = digits.iloc[::125], digits.iloc[3::100]
+model = tc.image_classifier.create(train, target="label", max_iterations=20, verbose=False,
+                                   validation_set=None)
+info = tc.config.cluster()
+np.save(out + f".rank{info.rank}.npy",
+        np.stack(model.predict(test, output_type="probability_vector").to_numpy()))
+"""
+
+
+@pytest.mark.slow
+def test_image_classifier_workers_share_extraction_and_match_one_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(IC_WORKER))
+    out = tmp_path / "ic"
+    launch([sys.executable, str(script), str(out)], num_workers=2, num_servers=1, timeout=240,
+           verbose=False)
+    r0, r1 = np.load(f"{out}.rank0.npy"), np.load(f"{out}.rank1.npy")
+    np.testing.assert_array_equal(r0, r1)
+    digits = tc.datasets.mnist_digits()
+    alone = tc.image_classifier.create(digits.iloc[::125], target="label", max_iterations=20,
+                                       verbose=False, validation_set=None)
+    np.testing.assert_allclose(
+        r0, np.stack(alone.predict(digits.iloc[3::100], output_type="probability_vector")),
+        rtol=0, atol=1e-5)
