@@ -86,3 +86,25 @@ def test_image_classifier_workers_share_extraction_and_match_one_process(tmp_pat
     np.testing.assert_allclose(
         r0, np.stack(alone.predict(digits.iloc[3::100], output_type="probability_vector")),
         rtol=0, atol=1e-5)
+
+
+VALIDATING_WORKER = """
+import toolkit as tc
+data = tc.datasets.watch_sessions().drop(columns="subject")
+ids = sorted(data["session_id"].unique())[:100]       # 100 sessions: 'auto' validation
+model = tc.activity_classifier.create(data[data["session_id"].isin(ids)], "session_id",
+                                      "exercise", max_iterations=2, random_seed=0,
+                                      verbose=False)
+assert model.validation_accuracy is not None
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_validates_each_epoch_keeps_training(tmp_path):
+    # Validating between epochs in mxnet's inference mode let MKL-DNN move weights into
+    # its own layout and the next pull from the servers failed ("to.IsDefaultData()");
+    # the validation now runs in training mode with dropout off (_train.evaluate_chunks).
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(VALIDATING_WORKER))
+    launch([sys.executable, str(script)], num_workers=1, num_servers=1, timeout=240,
+           verbose=False)

@@ -115,15 +115,18 @@ def build(num_features, num_classes, prediction_window, ctx=None):
             super().__init__(**kwargs)
             self.core = core
 
-        def hybrid_forward(self, F, x, h, c, label, weight, bn_mean, bn_var):
+        def hybrid_forward(self, F, x, h, c, label, weight, bn_mean, bn_var, keep_in,
+                           keep_out):
+            # keep_in/keep_out: all-ones dropout masks. Passing them lets the caller
+            # run this graph in training mode (see _train.evaluate_chunks).
             core = self.core
-            z, _, _ = core.trunk(F, x, h, c)
+            z, _, _ = core.trunk(F, x, h, c, keep_in)
             if F is mx().nd:
                 gamma, beta = core.bn.gamma.data(x.context), core.bn.beta.data(x.context)
             else:
                 gamma, beta = core.bn.gamma.var(), core.bn.beta.var()
             zn = F.broadcast_div(F.broadcast_sub(z, bn_mean), F.sqrt(bn_var + BN_EPSILON))
-            logits = core.top(F, F.broadcast_add(F.broadcast_mul(zn, gamma), beta))
+            logits = core.top(F, F.broadcast_add(F.broadcast_mul(zn, gamma), beta), keep_out)
             nll = -F.pick(F.log_softmax(logits, axis=-1), label, axis=-1)
             correct = F.argmax(logits, axis=-1) == label
             return nll * weight, correct * weight

@@ -191,8 +191,15 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
 
 
 def evaluate_chunks(graphs, chunks, bn_mean, bn_var, ctx=None):
-    """Inference-mode (accuracy, log loss) per real window of ``chunks``."""
-    nd = mx().nd
+    """(accuracy, log loss) per real window of ``chunks``, as the prediction graph has them.
+
+    Batch norm uses the given statistics and dropout is off (all-ones masks),
+    so this computes what prediction does, but mxnet runs it in *training*
+    mode: in inference mode MKL-DNN may move weights into its own memory layout,
+    and a parameter-server worker's next pull of the weights then fails
+    ("Check failed: to.IsDefaultData()").
+    """
+    nd, autograd = mx().nd, mx().autograd
     ctx = ctx or mx().cpu()
     mean = nd.array(np.asarray(bn_mean, np.float32), ctx=ctx)
     var = nd.array(np.asarray(bn_var, np.float32), ctx=ctx)
@@ -200,10 +207,14 @@ def evaluate_chunks(graphs, chunks, bn_mean, bn_var, ctx=None):
     for i in range(0, len(chunks["data"]), EVAL_BATCH):
         sl = slice(i, i + EVAL_BATCH)
         w_np = chunks["weights"][sl]
-        h, c = _net.zero_states(len(w_np), ctx)
-        nll, correct = graphs.eval(nd.array(chunks["data"][sl], ctx=ctx), h, c,
-                                   nd.array(chunks["labels"][sl], ctx=ctx),
-                                   nd.array(w_np, ctx=ctx), mean, var)
+        n = len(w_np)
+        h, c = _net.zero_states(n, ctx)
+        with autograd.train_mode():
+            nll, correct = graphs.eval(
+                nd.array(chunks["data"][sl], ctx=ctx), h, c,
+                nd.array(chunks["labels"][sl], ctx=ctx), nd.array(w_np, ctx=ctx), mean, var,
+                nd.ones((n, _T, _net.CONV_FILTERS), ctx=ctx),
+                nd.ones((n, _T, _net.DENSE_HIDDEN), ctx=ctx))
         tot_loss += float(nll.sum().asscalar())
         tot_correct += float(correct.sum().asscalar())
         tot_weight += float(w_np.sum())
