@@ -43,19 +43,21 @@ import numpy as np
 from toolkit._mx import mx, set_weights, structural_params
 from toolkit.activity_classifier import _net
 
-core, pred, loss = _net.build(6, 4, 10)
+core, pred, graphs = _net.build(6, 4, 10)
 rng = np.random.RandomState(0)
 set_weights(core, {name: rng.normal(0, 0.2, p.shape).astype(np.float32)
                    for name, p in structural_params(core).items()})
 pred.hybridize()
-loss.hybridize()
+graphs.hybridize()
 nd = mx().nd
 x = nd.array(rng.normal(size=(3, 200, 6)))
 h, c = _net.zero_states(3)
 probs = pred(x, h, c)[0].asnumpy()
 label, weight = nd.array(rng.randint(0, 4, (3, 20))), nd.ones((3, 20))
+keep_in, keep_out = nd.ones((3, 20, _net.CONV_FILTERS)), nd.ones((3, 20, _net.DENSE_HIDDEN))
+groups = nd.full((3, 3), 1.0 / 60)          # the 3 chunks form one batch-norm group
 with mx().autograd.record():
-    total = loss(x, h, c, label, weight)[0].sum()
+    total = graphs.loss(x, h, c, label, weight, keep_in, keep_out, groups)[0].sum()
 total.backward()
 grad = core.lstm.l0_i2h_weight.grad().asnumpy()
 print(json.dumps({"probs": probs.tolist(), "grad_norm": float(np.linalg.norm(grad))}))

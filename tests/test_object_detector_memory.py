@@ -64,5 +64,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     # take 23 MiB decoded and their cached features 26 MiB; streaming keeps the
     # difference to run-to-run noise (measured: 624 -> 630 MiB). Control: the same
     # measurement with the script keeping every decoded image grew 633 -> 667 MiB.
-    print(f"peak anonymous memory: {small:.0f} MiB at {n_small} images, {large:.0f} MiB at {n_large}")
+    print(f"peak anonymous memory: {small:.0f} MiB at {n_small} images, "
+          f"{large:.0f} MiB at {n_large}")
     assert large - small < 15, (small, large)

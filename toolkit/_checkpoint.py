@@ -112,6 +112,26 @@ def check_path(path, name):
     return os.fspath(path)
 
 
+def start(task, checkpoint_path, checkpoint_every, resume_from, random_seed):
+    """Check a create() call's checkpoint arguments and read the checkpoint to resume.
+
+    Returns ``(checkpoint_path, resume, random_seed)``: when resuming, the
+    checkpoint path defaults to ``resume_from`` and a ``random_seed`` of None
+    to the checkpoint's; ``resume`` is a :class:`Checkpoint` or None.
+    """
+    checkpoint_path = check_path(checkpoint_path, "checkpoint_path")
+    resume_from = check_path(resume_from, "resume_from")
+    parse_every(checkpoint_every)
+    resume = None
+    if resume_from is not None:
+        resume = read(resume_from, task)
+        if random_seed is None:
+            random_seed = resume.config.get("random_seed")
+        if checkpoint_path is None:
+            checkpoint_path = resume_from
+    return checkpoint_path, resume, random_seed
+
+
 class Schedule:
     """Decides when to write a checkpoint and writes it (rank 0 only)."""
 
@@ -170,6 +190,11 @@ class Checkpoint:
     @property
     def extra(self):
         return self.info.get("extra", {})
+
+    def arrays_under(self, prefix):
+        """The ``training`` arrays named ``prefix/...``, keyed by the rest of the name."""
+        return {k[len(prefix) + 1:]: v for k, v in self.arrays.items()
+                if k.startswith(prefix + "/")}
 
     def rng(self):
         return decode_rng(self.info.get("rng"), self.path)

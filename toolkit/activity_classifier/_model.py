@@ -539,16 +539,9 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
     V.check_validation_set(validation_set)
-    checkpoint_path = _checkpoint.check_path(checkpoint_path, "checkpoint_path")
-    resume_from = _checkpoint.check_path(resume_from, "resume_from")
-    _checkpoint.parse_every(checkpoint_every)
-    resume = None
-    if resume_from is not None:
-        resume = _checkpoint.read(resume_from, ActivityClassifier._TASK)
-        if random_seed is None:
-            random_seed = resume.config.get("random_seed")
-        if checkpoint_path is None:
-            checkpoint_path = resume_from
+    checkpoint_path, resume, random_seed = _checkpoint.start(
+        ActivityClassifier._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
+    random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
 
     seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
                                                            % 2**32)

@@ -289,13 +289,11 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     avg, n_avg = None, 0
     if resume is not None:
         extra = resume.extra
-        restored = _training.restore_optimizer(run, extra.get("optimizer"), {
-            k[len("optimizer/"):]: v for k, v in resume.arrays.items()
-            if k.startswith("optimizer/")})
+        restored = _training.restore_optimizer(run, extra.get("optimizer"),
+                                               resume.arrays_under("optimizer"))
         n_avg = int(extra.get("averaged", 0))
         if n_avg:
-            avg = {k[len("average/"):]: v for k, v in resume.arrays.items()
-                   if k.startswith("average/")}
+            avg = resume.arrays_under("average")
         rng = resume.rng()
         first_iteration = int(resume.position["iteration"]) + 1
         say(resume.describe(), verbose)

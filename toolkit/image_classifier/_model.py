@@ -613,16 +613,9 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
     V.check_validation_set(validation_set)
-    checkpoint_path = _checkpoint.check_path(checkpoint_path, "checkpoint_path")
-    resume_from = _checkpoint.check_path(resume_from, "resume_from")
-    _checkpoint.parse_every(checkpoint_every)
-    resume = None
-    if resume_from is not None:
-        resume = _checkpoint.read(resume_from, ImageClassifier._TASK)
-        if random_seed is None:
-            random_seed = resume.config.get("random_seed")
-        if checkpoint_path is None:
-            checkpoint_path = resume_from
+    checkpoint_path, resume, random_seed = _checkpoint.start(
+        ImageClassifier._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
+    random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
 
     y = V.check_labels(dataset, target)
     classes = V.encode_labels(y, target)
@@ -806,9 +799,8 @@ def _train_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, ver
         p.grad_req = "add"
     first = 1
     if resume is not None:
-        _training.restore_optimizer(run, resume.extra.get("optimizer"), {
-            k[len("optimizer/"):]: v for k, v in resume.arrays.items()
-            if k.startswith("optimizer/")})
+        _training.restore_optimizer(run, resume.extra.get("optimizer"),
+                                    resume.arrays_under("optimizer"))
         first = int(resume.position["iteration"]) + 1
         say(resume.describe(), verbose)
     ctx0 = run.ctxs[0]

@@ -588,16 +588,10 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     max_iterations = V.check_int(max_iterations, "max_iterations", 0)
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed) if random_seed is not None else None
-    checkpoint_path = _checkpoint.check_path(checkpoint_path, "checkpoint_path")
-    resume_from = _checkpoint.check_path(resume_from, "resume_from")
-    _checkpoint.parse_every(checkpoint_every)
-    resume = None
-    if resume_from is not None:
-        resume = _checkpoint.read(resume_from, ObjectDetector._TASK)
-        if random_seed is None and resume.config.get("random_seed") is not None:
-            random_seed = V.check_seed(resume.config["random_seed"])
-        if checkpoint_path is None:
-            checkpoint_path = resume_from
+    checkpoint_path, resume, random_seed = _checkpoint.start(
+        ObjectDetector._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
+    if random_seed is not None:
+        random_seed = V.check_seed(random_seed)
     # A concrete seed even when none was given, so that a resumed run draws
     # from the same stream as the interrupted one.
     seed = random_seed if random_seed is not None else int(
@@ -798,9 +792,8 @@ def _train_head(cache, boxes, anchors, C, batch_size, iters, rng, verbose, t_sta
     smoothed, order, pos = None, None, 0
     if resume is not None:
         extra = resume.extra
-        restored = _training.restore_optimizer(run, extra.get("optimizer"), {
-            k[len("optimizer/"):]: v for k, v in resume.arrays.items()
-            if k.startswith("optimizer/")})
+        restored = _training.restore_optimizer(run, extra.get("optimizer"),
+                                               resume.arrays_under("optimizer"))
         rng = resume.rng()
         if run.rank:
             # The checkpoint holds rank 0's stream; other workers derive their own.
