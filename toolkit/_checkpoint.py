@@ -269,8 +269,7 @@ def read(path, task):
         raise CorruptModelFileError(f"'{path}' is damaged: invalid checkpoint version "
                                     f"{_model_file._short(version)}.")
     if version > CHECKPOINT_VERSION:
-        who = mf.header.get("written_by", {})
-        who = who.get("toolkit", "unknown") if isinstance(who, dict) else "unknown"
+        who = _model_file.writer_version(mf.header)
         raise UnsupportedVersionError(
             f"Cannot resume from '{path}': its checkpoint layout is version {version}, written "
             f"by toolkit {who}, but this toolkit ({_model_file._toolkit_version()}) reads "

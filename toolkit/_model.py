@@ -58,8 +58,7 @@ def _version_gate(path):
         version = header.get("file_version", 1)
         if isinstance(version, int) and not isinstance(version, bool) \
                 and version > cls._FILE_VERSION:
-            who = header.get("written_by", {})
-            who = who.get("toolkit", "unknown") if isinstance(who, dict) else "unknown"
+            who = _model_file.writer_version(header)
             raise UnsupportedVersionError(
                 f"Cannot load '{path}': it is a {task} file of version {version}, written by "
                 f"toolkit {who}, but this toolkit ({_model_file._toolkit_version()}) reads "

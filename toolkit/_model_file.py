@@ -495,6 +495,12 @@ def _mxnet_version():
         return "unknown"
 
 
+def writer_version(header):
+    """The toolkit version a (not yet verified) header says wrote it, for messages."""
+    who = header.get("written_by", {})
+    return who.get("toolkit", "unknown") if isinstance(who, dict) else "unknown"
+
+
 def build_header(task, file_version, state, kind="model", extra=None):
     header = {
         "format": "toolkit-model",
