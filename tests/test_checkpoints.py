@@ -221,6 +221,20 @@ def test_bad_checkpoint_every_is_refused(watch_small, tmp_path, bad):
                                       checkpoint_every=bad, **AC_KW)
 
 
+def test_unwritable_checkpoint_path_is_refused_before_training(watch_small, tmp_path):
+    with pytest.raises(InvalidParameterError, match="is a directory"):
+        tc.activity_classifier.create(watch_small, checkpoint_path=str(tmp_path), **AC_KW)
+    with pytest.raises(InvalidParameterError, match="does not exist"):
+        tc.activity_classifier.create(watch_small, checkpoint_path=str(tmp_path / "no" / "c"),
+                                      **AC_KW)
+
+
+def test_missing_resume_file_is_a_clear_error(watch_small, tmp_path):
+    with pytest.raises(tc.errors.ModelFileNotFoundError):
+        tc.activity_classifier.create(watch_small, resume_from=str(tmp_path / "gone.ckpt"),
+                                      **AC_KW)
+
+
 def test_checkpoint_every_accepts_times():
     assert _checkpoint.parse_every("30s") == ("seconds", 30)
     assert _checkpoint.parse_every("10min") == ("seconds", 600)

@@ -112,6 +112,21 @@ def check_path(path, name):
     return os.fspath(path)
 
 
+def check_destination(path):
+    """Refuse a checkpoint_path that cannot be written, before training starts."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InvalidParameterError(
+            f"'checkpoint_path' {path!r} is a directory; give a file path such as "
+            f"{os.path.join(path, 'run.ckpt')!r}.")
+    if not os.path.isdir(directory):
+        raise InvalidParameterError(
+            f"'checkpoint_path' {path!r}: the directory {directory!r} does not exist; create "
+            "it first.")
+
+
 def start(task, checkpoint_path, checkpoint_every, resume_from, random_seed):
     """Check a create() call's checkpoint arguments and read the checkpoint to resume.
 
@@ -129,6 +144,7 @@ def start(task, checkpoint_path, checkpoint_every, resume_from, random_seed):
             random_seed = resume.config.get("random_seed")
         if checkpoint_path is None:
             checkpoint_path = resume_from
+    check_destination(checkpoint_path)
     return checkpoint_path, resume, random_seed
 
 
