@@ -297,23 +297,17 @@ def read(path, task):
             raise CorruptModelFileError(f"'{path}' is damaged: checkpoint field '{key}' is "
                                         "missing or has the wrong type.")
     arrays = mf.tensors("training")
-    info, arrays = migrate(version, info, arrays, path)
+    info, arrays = migrate(version, info, arrays)
     cls = _model._task_class(mf.task, path)
     state, weights = _model.migrate(cls, mf.file_version, mf.state, mf.tensors("weights"))
     return Checkpoint(path, task, state, weights, info, arrays, mf.header.get("written_by"))
 
 
-def migrate(version, info, arrays, path="checkpoint"):
-    while version < CHECKPOINT_VERSION:
-        step = _MIGRATIONS.get(version)
-        if step is None:
-            raise CorruptModelFileError(
-                f"No migration from checkpoint layout {version} to {version + 1}; this is a "
-                "toolkit bug, please report it.")
-        info, arrays = step(dict(info), dict(arrays))
-        version += 1
-    info = dict(info, version=CHECKPOINT_VERSION)
-    return info, arrays
+def migrate(version, info, arrays):
+    """Run the checkpoint-layout migration chain from ``version`` to the current one."""
+    info, arrays = _model.run_chain(_MIGRATIONS, version, CHECKPOINT_VERSION,
+                                    "checkpoint layout", info, arrays)
+    return dict(info, version=CHECKPOINT_VERSION), arrays
 
 
 def encode_rng(rng):

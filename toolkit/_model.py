@@ -72,15 +72,25 @@ def migrate(cls, version, state, weights):
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CorruptModelFileError(
             f"Invalid {cls._TASK} file version {version!r}; the file is damaged.")
-    while version < cls._FILE_VERSION:
-        step = cls._MIGRATIONS.get(version)
+    return run_chain(cls._MIGRATIONS, version, cls._FILE_VERSION, f"{cls._TASK} file version",
+                     state, weights)
+
+
+def run_chain(steps, version, target, what, json_part, arrays):
+    """Apply ``steps[v]`` for v = version .. target - 1 to ``(json_part, arrays)``.
+
+    Each step takes and returns ``(json_part, arrays)`` (fresh dict copies go in).
+    ``what`` names the versioned thing in the error for a missing step.
+    """
+    while version < target:
+        step = steps.get(version)
         if step is None:
             raise ModelFileError(
-                f"No migration from {cls._TASK} file version {version} to {version + 1}; "
+                f"No migration from {what} {version} to {version + 1}; "
                 "this is a toolkit bug, please report it.")
-        state, weights = step(dict(state), dict(weights))
+        json_part, arrays = step(dict(json_part), dict(arrays))
         version += 1
-    return state, weights
+    return json_part, arrays
 
 
 def open_model_file(path):

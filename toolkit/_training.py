@@ -66,7 +66,7 @@ def setup(block, optimizer, optimizer_params, params=None, use_cluster=True, ctx
     ctxs = list(ctxs) if ctxs is not None else config.contexts()
     cl = config.cluster() if use_cluster else None
     params = params if params is not None else structural_params(block)
-    if [str(c) for c in ctxs] != ["cpu(0)"]:
+    if config.off_default(ctxs):
         block.collect_params().reset_ctx(ctxs)
     if cl is not None:
         kvstore, update_on_kvstore = cl.kvstore, True

@@ -178,6 +178,11 @@ def contexts():
     return [mx.gpu(i) if t == "gpu" else mx.cpu(i) for t, i in devices]
 
 
+def off_default(ctxs):
+    """Whether parameters built on ``cpu(0)`` (every network's default) must move to ``ctxs``."""
+    return [str(c) for c in ctxs] != ["cpu(0)"]
+
+
 def describe(ctxs, cluster_info=None):
     """A short phrase for progress output: 'CPU', '2 devices (cpu(0), cpu(1))', ..."""
     names = [str(c) for c in ctxs]

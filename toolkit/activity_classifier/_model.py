@@ -559,7 +559,9 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
     sessions = _data.Sessions(dataset[session_id].to_numpy())
     values, label_ids = values[sessions.order], label_ids[sessions.order]
-    data_fingerprint = _checkpoint.fingerprint(values, sessions.lengths, label_ids, classes)
+    data_fingerprint = None
+    if checkpoint_path is not None or resume is not None:
+        data_fingerprint = _checkpoint.fingerprint(values, sessions.lengths, label_ids, classes)
     say(f"Using sequences of size {prediction_window * WINDOWS_PER_CHUNK} for model creation.",
         verbose)
 

@@ -652,7 +652,7 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     backbone = _efficientnet.build(include_top=False, weights=weights, prefix="backbone_")
     _prepare_backbone(backbone, batch_size, len(values))
     ctxs, cluster = config.contexts(), config.cluster()
-    if [str(c) for c in ctxs] != ["cpu(0)"]:
+    if config.off_default(ctxs):
         backbone.collect_params().reset_ctx(ctxs)
 
     say(f"Extracting {model} features of {len(values)} images "
@@ -679,9 +679,12 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
                   "l2_penalty": l2_penalty, "max_iterations": max_iterations,
                   "random_seed": seed, "validation_set": _validation_config(
                       validation_set, valid_feats, valid_ids)}
-    # Features rounded to 1e-3: the same images give the same fingerprint on any
-    # device, where float arithmetic differs in the last bits.
-    data_fingerprint = _checkpoint.fingerprint(np.round(train_feats, 3), train_ids, classes)
+    data_fingerprint = None
+    if checkpoint_path is not None or resume is not None:
+        # Features rounded to 1e-3: the same images give the same fingerprint on any
+        # device, where float arithmetic differs in the last bits.
+        data_fingerprint = _checkpoint.fingerprint(np.round(train_feats, 3), train_ids,
+                                                   classes)
     if resume is not None:
         resume.check_compatible(run_config, data_fingerprint)
     checkpoint = None
@@ -713,7 +716,7 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     weight, bias, log = _train_classifier(train_feats, train_ids, valid_feats, valid_ids,
                                           len(classes), l2_penalty, max_iterations, verbose,
                                           checkpoint=checkpoint, resume=resume)
-    if [str(c) for c in ctxs] != ["cpu(0)"]:
+    if config.off_default(ctxs):
         backbone.collect_params().reset_ctx(mx().cpu())
     classifier = _net.build_classifier(len(classes), weight, bias)
     net = _net.build(len(classes), backbone=backbone, classifier=classifier)

@@ -681,13 +681,15 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         counters = {"clipped": 0, "dropped": 0, "unknown": 0}
         boxes = []
         # The checkpoints' data fingerprint: the decoded pixels as they stream
-        # through, then the parsed boxes (exact, and free next to the network).
-        pixel_hash = hashlib.sha256()
+        # through, then the parsed boxes (exact, and cheap next to the network);
+        # only when a checkpoint is written or resumed.
+        pixel_hash = hashlib.sha256() \
+            if checkpoint_path is not None or resume is not None else None
         from tqdm import tqdm
         # Several devices: consecutive batches go to the devices in turn and run
         # concurrently (the backbone is frozen, so this is plain inference).
         ctxs = config.contexts()
-        spread = [str(c) for c in ctxs] != ["cpu(0)"]
+        spread = config.off_default(ctxs)
         if spread:
             fmap.collect_params().reset_ctx(ctxs)
         pending = []
@@ -706,7 +708,8 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         with tqdm(total=n, desc="Extracting image features", unit="img", disable=not verbose,
                   mininterval=1.0) as bar:
             for item in _batches(values, column, index, NETWORK_BATCH):
-                pixel_hash.update(np.ascontiguousarray(item[1]).tobytes())
+                if pixel_hash is not None:
+                    pixel_hash.update(np.ascontiguousarray(item[1]).tobytes())
                 pending.append(item)
                 if len(pending) == len(ctxs):
                     flush()
@@ -721,7 +724,7 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
                                                   if workers > 1 else "") + ". "
                             + _annotations.VALID_ANNOTATION)
         extraction_time = time.perf_counter() - t0
-        data_fingerprint = _checkpoint.fingerprint(
+        data_fingerprint = None if pixel_hash is None else _checkpoint.fingerprint(
             pixel_hash.hexdigest(), np.array([len(b) for b in boxes], np.int64),
             np.concatenate(boxes), classes)
         if resume is not None:
