@@ -44,11 +44,6 @@ class Setup:
         d = len(self.ctxs)
         return list(range(self.rank * d, (self.rank + 1) * d))
 
-    def zero_grads(self, ctx):
-        for p in self.params.values():
-            if p.grad_req != "null":
-                p.grad(ctx)[:] = 0
-
     def describe(self):
         return config.describe(self.ctxs, self.cluster)
 
