@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import toolkit as tc
-from toolkit._metrics import ToolkitWarning
+from toolkit.errors import ToolkitWarning
 from toolkit.errors import (ColumnNotFoundError, DataError, InvalidParameterError,
                             ToolkitError)
 

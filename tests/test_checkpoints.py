@@ -156,7 +156,7 @@ def test_resume_on_other_data_warns_and_trains(watch_small, ac_checkpoint, tmp_p
     first = watch_small["session_id"].iloc[0]
     last_rows = watch_small.index[watch_small["session_id"] == first][-100:]
     other = watch_small.drop(index=last_rows)
-    with pytest.warns(tc._metrics.ToolkitWarning, match="differs from the data"):
+    with pytest.warns(tc.errors.ToolkitWarning, match="differs from the data"):
         model = tc.activity_classifier.create(other, resume_from=path, **AC_KW)
     assert model.training_iterations == AC_KW["max_iterations"]
 

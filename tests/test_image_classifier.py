@@ -13,7 +13,7 @@ import pytest
 import _image_data as D
 import toolkit as tc
 from toolkit import _images, _model_file
-from toolkit._metrics import ToolkitWarning
+from toolkit.errors import ToolkitWarning
 from toolkit.errors import (ColumnNotFoundError, DataError, InvalidParameterError,
                             WeightsMismatchError)
 

@@ -12,7 +12,7 @@ import pytest
 
 import toolkit as tc
 from toolkit import _model_file
-from toolkit._metrics import ToolkitWarning
+from toolkit.errors import ToolkitWarning
 from toolkit.errors import ColumnNotFoundError, DataError, InvalidParameterError
 from toolkit.object_detector import _detection
 

@@ -16,7 +16,7 @@ import pytest
 
 import toolkit as tc
 from toolkit import _model
-from toolkit._metrics import ToolkitWarning
+from toolkit.errors import ToolkitWarning
 from toolkit.errors import CheckpointMismatchError
 from toolkit.object_detector import _detection
 

@@ -24,7 +24,7 @@ import pytest
 
 import toolkit as tc
 from toolkit import _images, pretrained
-from toolkit._metrics import ToolkitWarning
+from toolkit.errors import ToolkitWarning
 from toolkit._safe_pickle import UnsafePickleError
 from toolkit.pretrained import _weights
 from toolkit.pretrained._torch_legacy import (MAGIC_NUMBER, PROTOCOL_VERSION, TorchFileError,

@@ -61,7 +61,7 @@ _EVERY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
 
 
 def _warning_class():
-    from ._metrics import ToolkitWarning as W
+    from .errors import ToolkitWarning as W
     return W
 
 

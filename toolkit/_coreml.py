@@ -29,6 +29,8 @@ Example (inside a task's exporter)::
 import logging
 import os
 
+import numpy as np
+
 from .errors import ExportError, InvalidParameterError
 
 _ct = None
@@ -64,6 +66,22 @@ def coremltools_module():
             logger.setLevel(level)
         _ct = coremltools
     return _ct
+
+
+def class_labels(classes):
+    """Class labels as Core ML stores them: all int64, or all str (bool labels as str)."""
+    labels = []
+    for c in classes:
+        if isinstance(c, (bool, np.bool_)):
+            labels.append(str(c))
+        elif isinstance(c, (int, np.integer)):
+            labels.append(int(c))
+        else:
+            labels.append(str(c))
+    if len({type(c) for c in labels}) > 1:
+        # Core ML labels are all int64 or all str.
+        labels = [str(c) for c in labels]
+    return labels
 
 
 def toolkit_version():

@@ -33,7 +33,7 @@ import queue
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ColumnNotFoundError, DataError, InvalidParameterError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                     ".ppm", ".pgm", ".pbm", ".jfif")
@@ -307,3 +307,51 @@ def to_network_input(batch, scale=1.0 / 127.5, bias=-1.0):
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) as ``x * scale + bias`` ([-1, 1] by default)."""
     x = batch.astype(np.float32).transpose(0, 3, 1, 2)
     return x * np.float32(scale) + np.float32(bias)
+
+
+def image_input(dataset, feature, name="dataset"):
+    """What predict-like methods accept -> ``(values, column, index, single)``.
+
+    ``dataset`` is a DataFrame holding the image column ``feature``, a Series
+    of images, or one image; ``values`` is an object array of the cells,
+    ``single`` says that one image was passed (the caller returns one result).
+    Missing cells and paths that do not exist are refused here, before any
+    decoding starts.
+    """
+    import pandas as pd
+    from . import _validate
+    single = False
+    if isinstance(dataset, pd.DataFrame):
+        _validate.check_dataframe(dataset, name)
+        if feature not in dataset.columns:
+            raise ColumnNotFoundError(
+                f"The image column '{feature}' the model was trained on is not in '{name}' "
+                f"(columns: {', '.join(map(str, dataset.columns))}). Rename the column, or pass "
+                f"the images as a Series: model.predict({name}['your_column']).")
+        series = dataset[feature]
+    elif isinstance(dataset, pd.Series):
+        if len(dataset) == 0:
+            raise DataError(f"'{name}' is empty (0 rows); it needs at least one image.")
+        series = dataset
+        feature = dataset.name if dataset.name is not None else feature
+    elif looks_like_image(dataset):
+        series = pd.Series([dataset], dtype=object)
+        single = True
+    else:
+        raise InvalidParameterError(
+            f"'{name}' must be a pandas DataFrame, a Series of images or one image, got "
+            f"{type(dataset).__name__}.")
+    values = series.to_numpy(dtype=object)
+    _check_missing(series, feature, name)
+    check_paths(values, feature, series.index)
+    return values, feature, series.index, single
+
+
+def _check_missing(series, column, name):
+    missing = series.isna().to_numpy()
+    if missing.any():
+        first = series.index[np.flatnonzero(missing)[0]]
+        raise DataError(
+            f"Image column '{column}' in '{name}' has {int(missing.sum())} missing value(s) "
+            f"(None/NaN); the first is at row {first!r}. Drop those rows, e.g. "
+            f"{name}.dropna(subset=[{column!r}]).")

@@ -4,11 +4,7 @@ import warnings
 
 import numpy as np
 
-from .errors import InvalidParameterError
-
-
-class ToolkitWarning(UserWarning):
-    """A warning from the toolkit (data quietly fixed, labels unseen in training...)."""
+from .errors import InvalidParameterError, ToolkitWarning
 
 
 CLASSIFIER_METRICS = ("accuracy", "auc", "precision", "recall", "f1_score", "log_loss",

@@ -116,6 +116,14 @@ def check_export_path(path):
     return _check_path(path, suffix=".onnx")
 
 
+def labels_of(classes):
+    """(values, dtype) of a label tensor: int64 when every class is an int, else str."""
+    if all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+           for c in classes):
+        return [int(c) for c in classes], np.int64
+    return [str(c) for c in classes], str
+
+
 def _elem_type(dtype):
     onnx = onnx_module()
     if dtype is str:

@@ -60,6 +60,14 @@ def check_bool(value, argument):
     return bool(value)
 
 
+def check_fraction(value, argument):
+    """A finite number in [0, 1] (a threshold or a fraction), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+        raise InvalidParameterError(f"'{argument}' must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
 def check_choice(value, argument, choices):
     if value not in choices:
         raise InvalidParameterError(

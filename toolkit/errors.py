@@ -76,4 +76,10 @@ class DistributedError(ToolkitError, RuntimeError):
     """A process of a distributed (parameter-server) training job failed or timed out."""
 
 
-__all__ = [n for n in dir() if n.endswith("Error")]
+# --- warnings --------------------------------------------------------------
+
+class ToolkitWarning(UserWarning):
+    """A warning from the toolkit (data quietly fixed, labels unseen in training...)."""
+
+
+__all__ = [n for n in dir() if n.endswith("Error")] + ["ToolkitWarning"]

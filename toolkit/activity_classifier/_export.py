@@ -48,21 +48,6 @@ def _lstm_gates(packed):
     return [i, f, o, c]
 
 
-def _class_labels(classes):
-    labels = []
-    for c in classes:
-        if isinstance(c, (bool, np.bool_)):
-            labels.append(str(c))
-        elif isinstance(c, (int, np.integer)):
-            labels.append(int(c))
-        else:
-            labels.append(str(c))
-    if len({type(c) for c in labels}) > 1:
-        # Core ML labels are all int64 or all str.
-        labels = [str(c) for c in labels]
-    return labels
-
-
 def export_coreml(model, path):
     """Export an activity classifier as a Core ML model (``.mlmodel``).
 
@@ -159,7 +144,7 @@ def export_coreml(model, path):
     target = str(s["target"])
     pw = int(s["prediction_window"])
     n_features = len(features)
-    labels = _class_labels(s["classes"])
+    labels = _coreml.class_labels(s["classes"])
     n_classes = len(labels)
     hidden = _net.LSTM_HIDDEN
     prob_name = target + "Probability"

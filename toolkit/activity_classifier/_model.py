@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import _checkpoint, config
 from .. import _validate as V
-from .._metrics import ToolkitWarning, classifier_metrics
+from .._metrics import classifier_metrics
+from ..errors import ToolkitWarning
 from .._model import Model
 from .._mx import get_weights, mx, set_weights
 from .._progress import say

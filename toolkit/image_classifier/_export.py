@@ -32,81 +32,14 @@ outputs             ``<target>Probability`` (dict class -> probability) and
 Only layers of the first Core ML specification are used, in float32.
 """
 
-import numpy as np
 
 from .. import _coreml
 from .._mx import get_weights
 from ..errors import ExportError
-from ..pretrained import _efficientnet
+from ..pretrained import _coreml_writer
 from . import _net
 
 TASK_TITLE = "Image classifier"
-
-
-def _class_labels(classes):
-    labels = [int(c) if isinstance(c, (int, np.integer)) and not isinstance(c, bool)
-              else str(c) for c in classes]
-    if len({type(c) for c in labels}) > 1:
-        labels = [str(c) for c in labels]  # Core ML labels are all int64 or all str
-    return labels
-
-
-class _Writer:
-    """Adds the backbone's layers to a builder, tracking blob names."""
-
-    def __init__(self, builder, weights):
-        self.b = builder
-        self.w = weights
-
-    def convbn(self, prefix, x, cin, cout, kernel, stride, in_size, groups=1, act=True):
-        b, w = self.b, self.w
-        name = prefix.replace(".", "_")
-        # The same static padding as the mxnet network, as explicit amounts.
-        (before, after), _ = _efficientnet.same_padding(in_size, kernel, stride)
-        kernel_w = w[f"backbone.{prefix}.conv.weight"]          # (cout, cin/groups, k, k)
-        b.add_convolution(
-            name + "_conv", kernel_channels=cin // groups, output_channels=cout, height=kernel,
-            width=kernel, stride_height=stride, stride_width=stride, border_mode="valid",
-            groups=groups, W=np.ascontiguousarray(kernel_w.transpose(2, 3, 1, 0)), b=None,
-            has_bias=False, input_name=x, output_name=name + "_conv", padding_top=before,
-            padding_bottom=after, padding_left=before, padding_right=after)
-        bn = f"backbone.{prefix}.bn."
-        b.add_batchnorm(name + "_bn", channels=cout, gamma=w[bn + "gamma"], beta=w[bn + "beta"],
-                        mean=w[bn + "running_mean"], variance=w[bn + "running_var"],
-                        input_name=name + "_conv", output_name=name + "_bn",
-                        epsilon=_efficientnet.BN_EPSILON)
-        out = name + "_bn"
-        if act:
-            b.add_activation(name + "_relu6a", "SIGMOID_HARD", out, name + "_relu6a",
-                             params=[1.0 / 6.0, 0.0])
-            b.add_activation(name + "_relu6", "LINEAR", name + "_relu6a", name + "_relu6",
-                             params=[6.0, 0.0])
-            out = name + "_relu6"
-        return out
-
-    def backbone(self, x):
-        size = _efficientnet.IMAGE_SIZE
-        x = self.convbn("stem", x, 3, _efficientnet.STEM_CHANNELS, 3, 2, size)
-        _, size = _efficientnet.same_padding(size, 3, 2)
-        for i, (k, s, e, cin, cout) in enumerate(_efficientnet.block_specs()):
-            mid = cin * e
-            y = x
-            if e != 1:
-                y = self.convbn(f"blocks.{i}.expand", y, cin, mid, 1, 1, size)
-            y = self.convbn(f"blocks.{i}.depthwise", y, mid, mid, k, s, size, groups=mid)
-            _, out_size = _efficientnet.same_padding(size, k, s)
-            y = self.convbn(f"blocks.{i}.project", y, mid, cout, 1, 1, out_size, act=False)
-            if s == 1 and cin == cout:
-                self.b.add_elementwise(f"blocks_{i}_add", input_names=[y, x],
-                                       output_name=f"blocks_{i}_add", mode="ADD")
-                y = f"blocks_{i}_add"
-            x, size = y, out_size
-        x = self.convbn("head", x, _efficientnet.STAGES[-1][5], _efficientnet.HEAD_CHANNELS,
-                        1, 1, size)
-        self.b.add_pooling("pool", height=size, width=size, stride_height=1, stride_width=1,
-                           layer_type="AVERAGE", padding_type="VALID", input_name=x,
-                           output_name="features", is_global=True)
-        return "features"
 
 
 def export_coreml(model, path):
@@ -173,7 +106,7 @@ def export_coreml(model, path):
     s = model._state
     target, feature = str(s["target"]), str(s["feature"])
     prob_name = target + "Probability"
-    labels = _class_labels(s["classes"])
+    labels = _coreml.class_labels(s["classes"])
     n_classes = len(labels)
     if feature in (target, prob_name):
         raise ExportError(
@@ -185,18 +118,18 @@ def export_coreml(model, path):
         builder = NeuralNetworkBuilder([(feature, datatypes.Array(3, size, size))],
                                        [(prob_name, datatypes.Array(n_classes))],
                                        mode="classifier")
-        writer = _Writer(builder, weights)
-        feats = writer.backbone(feature)
+        head, head_size, _ = _coreml_writer.write_backbone(builder, weights, feature)
+        builder.add_pooling("pool", height=head_size, width=head_size, stride_height=1,
+                            stride_width=1, layer_type="AVERAGE", padding_type="VALID",
+                            input_name=head, output_name="features", is_global=True)
         builder.add_inner_product("classifier", W=weights["classifier.weight"],
                                   b=weights["classifier.bias"],
                                   input_channels=_net.NUM_FEATURES, output_channels=n_classes,
-                                  has_bias=True, input_name=feats, output_name="classifier")
+                                  has_bias=True, input_name="features", output_name="classifier")
         builder.add_softmax("softmax", "classifier", prob_name)
         builder.set_class_labels(labels, predicted_feature_name=target,
                                  prediction_blob=prob_name)
-        builder.set_pre_processing_parameters(
-            image_input_names=[feature], is_bgr=False, red_bias=_net.INPUT_BIAS,
-            green_bias=_net.INPUT_BIAS, blue_bias=_net.INPUT_BIAS, image_scale=_net.INPUT_SCALE)
+        _coreml_writer.set_image_input(builder, feature)
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"Cannot build the Core ML network: {e}") from e
 

@@ -35,11 +35,12 @@ import numpy as np
 
 from .. import _checkpoint, _images, _training, config
 from .. import _validate as V
-from .._metrics import ToolkitWarning, classifier_metrics
+from .._metrics import classifier_metrics
+from ..errors import ToolkitWarning
 from .._model import Model
 from .._mx import get_weights, mx
 from .._progress import ProgressTable, say
-from ..errors import (ColumnNotFoundError, CorruptModelFileError, DataError,
+from ..errors import (CorruptModelFileError, DataError,
                       InvalidParameterError, WeightsMismatchError)
 from ..pretrained import _efficientnet
 from . import _export, _net
@@ -139,7 +140,7 @@ class ImageClassifier(Model):
     # --- data -----------------------------------------------------------
     def _images_of(self, dataset, name="dataset"):
         """(values, column, index, single) of the images to run on."""
-        return _image_input(dataset, self._state["feature"], name)
+        return _images.image_input(dataset, self._state["feature"], name)
 
     def _run(self, dataset, batch_size, verbose, reduce, name="dataset"):
         values, column, index, single = self._images_of(dataset, name)
@@ -332,46 +333,6 @@ class ImageClassifier(Model):
 
 
 # --- input handling ----------------------------------------------------------
-
-def _image_input(dataset, feature, name="dataset"):
-    """Normalise what predict-like methods accept into (values, column, index, single)."""
-    import pandas as pd
-    single = False
-    if isinstance(dataset, pd.DataFrame):
-        V.check_dataframe(dataset, name)
-        if feature not in dataset.columns:
-            raise ColumnNotFoundError(
-                f"The image column '{feature}' the model was trained on is not in '{name}' "
-                f"(columns: {', '.join(map(str, dataset.columns))}). Rename the column, or pass "
-                f"the images as a Series: model.predict({name}['your_column']).")
-        series = dataset[feature]
-    elif isinstance(dataset, pd.Series):
-        if len(dataset) == 0:
-            raise DataError(f"'{name}' is empty (0 rows); it needs at least one image.")
-        series = dataset
-        feature = dataset.name if dataset.name is not None else feature
-    elif _images.looks_like_image(dataset):
-        series = pd.Series([dataset], dtype=object)
-        single = True
-    else:
-        raise InvalidParameterError(
-            f"'{name}' must be a pandas DataFrame, a Series of images or one image, got "
-            f"{type(dataset).__name__}.")
-    values = series.to_numpy(dtype=object)
-    _check_missing(series, feature, name)
-    _images.check_paths(values, feature, series.index)
-    return values, feature, series.index, single
-
-
-def _check_missing(series, column, name):
-    missing = series.isna().to_numpy()
-    if missing.any():
-        first = series.index[np.flatnonzero(missing)[0]]
-        raise DataError(
-            f"Image column '{column}' in '{name}' has {int(missing.sum())} missing value(s) "
-            f"(None/NaN); the first is at row {first!r}. Drop those rows, e.g. "
-            f"{name}.dropna(subset=[{column!r}]).")
-
 
 def extract(backbone, values, column, index, batch_size, verbose, reduce=None, ctxs=None):
     """Run the backbone over images in streamed batches.
@@ -624,7 +585,7 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
                         "a classifier needs at least two.")
     class_index = {c: i for i, c in enumerate(classes)}
     label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
-    values, _, index, _ = _image_input(dataset, feature)
+    values, _, index, _ = _images.image_input(dataset, feature)
 
     valid_values = valid_ids = valid_index = None
     if isinstance(validation_set, pd.DataFrame):
@@ -760,7 +721,7 @@ def _prepare_validation(frame, feature, target, class_index):
         frame = frame[known]
         if len(frame) == 0:
             return None, None, None
-    values, _, index, _ = _image_input(frame, feature, name)
+    values, _, index, _ = _images.image_input(frame, feature, name)
     ids = np.array([class_index[v] for v, k in zip(labels, known) if k], np.int64)
     return values, ids, index
 

@@ -21,9 +21,8 @@ from ..pretrained import _efficientnet
 
 NUM_FEATURES = _efficientnet.NUM_FEATURES
 IMAGE_SIZE = _efficientnet.IMAGE_SIZE
-#: Input scaling: network input = pixel * INPUT_SCALE + INPUT_BIAS, i.e. (x / 255 - 0.5) / 0.5.
-INPUT_SCALE = 1.0 / 127.5
-INPUT_BIAS = -1.0
+INPUT_SCALE = _efficientnet.INPUT_SCALE
+INPUT_BIAS = _efficientnet.INPUT_BIAS
 
 _CLASS = None
 

@@ -22,11 +22,8 @@ label              ``ArgMax`` -> ``<target>Index`` (int64), ``Gather`` of the  (
                    class labels -> ``<target>`` (str, or int64 for int labels)
 =================  ==========================================================  ================
 
-Why BatchNorm is folded: it halves the number of nodes, and it is what
-``predict`` computes too on an MKL-DNN build of mxnet (which fuses each
-convolution with its BatchNorm); folding in float64 and rounding once to
-float32 keeps the features within ~1e-5 of ``predict``'s either way.
-:func:`write_backbone` is shared with the object detector's export.
+The backbone is written by :mod:`toolkit.pretrained._onnx_writer` (shared with
+the object detector's export; it says why BatchNorm is folded).
 """
 
 import numpy as np
@@ -34,92 +31,11 @@ import numpy as np
 from .. import _onnx
 from .._mx import get_weights
 from ..errors import ExportError
-from ..pretrained import _efficientnet
+from ..pretrained import _onnx_writer
 from . import _net
 from ._export import TASK_TITLE
 
 BATCH = "batch"
-
-
-def labels_of(classes):
-    """(values, dtype) of a label tensor: int64 when every class is an int, else str."""
-    if all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
-           for c in classes):
-        return [int(c) for c in classes], np.int64
-    return [str(c) for c in classes], str
-
-
-def fold_batchnorm(conv_w, gamma, beta, mean, var, eps=_efficientnet.BN_EPSILON):
-    """Conv weights (cout, ...) and BatchNorm running statistics -> (weight, bias)
-    of one convolution computing conv -> BN, folded in float64, returned float32."""
-    inv = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-    w = np.asarray(conv_w, np.float64) * inv.reshape(-1, *([1] * (np.ndim(conv_w) - 1)))
-    b = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * inv
-    return w.astype(np.float32), b.astype(np.float32)
-
-
-def scale_input(g, x):
-    """Raw 0..255 pixels -> network input ``x * (1/127.5) + (-1)`` in float32, as
-    ``toolkit._images.to_network_input`` computes it for ``predict``."""
-    y = g.node("Mul", [x, g.initializer("/scale/mul", np.float32(_net.INPUT_SCALE))],
-               ["/scale/scaled"])
-    return g.node("Add", [y, g.initializer("/scale/add", np.float32(_net.INPUT_BIAS))],
-                  ["/scale/out"])
-
-
-class _BackboneWriter:
-    def __init__(self, g, weights):
-        self.g = g
-        self.w = weights
-        self._relu6 = None
-
-    def relu6_bounds(self):
-        if self._relu6 is None:
-            self._relu6 = (self.g.initializer("/relu6/min", np.float32(0.0)),
-                           self.g.initializer("/relu6/max", np.float32(6.0)))
-        return self._relu6
-
-    def convbn(self, prefix, x, kernel, stride, in_size, groups=1, act=True):
-        g, w = self.g, self.w
-        name = "/backbone/" + prefix.replace(".", "/")
-        bn = f"backbone.{prefix}.bn."
-        weight, bias = fold_batchnorm(w[f"backbone.{prefix}.conv.weight"], w[bn + "gamma"],
-                                      w[bn + "beta"], w[bn + "running_mean"],
-                                      w[bn + "running_var"])
-        # TF "same" padding for the fixed 224x224 input, as the mxnet network pads.
-        (before, after), _ = _efficientnet.same_padding(in_size, kernel, stride)
-        y = g.node("Conv", [x, g.initializer(name + "/W", weight),
-                            g.initializer(name + "/B", bias)], [name + "/conv"],
-                   kernel_shape=[kernel, kernel], strides=[stride, stride],
-                   pads=[before, before, after, after], dilations=[1, 1], group=groups)
-        if act:
-            lo, hi = self.relu6_bounds()
-            y = g.node("Clip", [y, lo, hi], [name + "/relu6"])
-        return y
-
-
-def write_backbone(g, x, weights, fine_block=None):
-    """Add EfficientNet-Lite0 (input in [-1, 1]) up to its head convolution's
-    ReLU6 output (B, 1280, 7, 7). Returns ``(head, fine)``, ``fine`` the output
-    of block ``fine_block`` (``None`` when not asked for)."""
-    wr = _BackboneWriter(g, weights)
-    size = _efficientnet.IMAGE_SIZE
-    x = wr.convbn("stem", x, 3, 2, size)
-    _, size = _efficientnet.same_padding(size, 3, 2)
-    fine = None
-    for i, (k, s, e, cin, cout) in enumerate(_efficientnet.block_specs()):
-        y = x
-        if e != 1:
-            y = wr.convbn(f"blocks.{i}.expand", y, 1, 1, size)
-        y = wr.convbn(f"blocks.{i}.depthwise", y, k, s, size, groups=cin * e)
-        _, out_size = _efficientnet.same_padding(size, k, s)
-        y = wr.convbn(f"blocks.{i}.project", y, 1, 1, out_size, act=False)
-        if s == 1 and cin == cout:
-            y = g.node("Add", [y, x], [f"/backbone/blocks/{i}/add"])
-        x, size = y, out_size
-        if i == fine_block:
-            fine = x
-    return wr.convbn("head", x, 1, 1, size), fine
 
 
 def export_onnx(model, path):
@@ -218,7 +134,7 @@ def export_onnx(model, path):
             f"Cannot export: the image column '{feature}' would share its name with the ONNX "
             f"output '{feature}'. Rename the image or target column and retrain.")
     classes = list(s["classes"])
-    labels, label_dtype = labels_of(classes)
+    labels, label_dtype = _onnx.labels_of(classes)
     n_classes, size = len(classes), _net.IMAGE_SIZE
     w = get_weights(model._net)
 
@@ -226,7 +142,7 @@ def export_onnx(model, path):
     x = g.input(feature, np.float32, [BATCH, 3, size, size],
                 f"RGB image, channels first, pixel values 0-255, {size}x{size} (stretch the "
                 "photo to fill, bilinear; EXIF orientation applied, alpha dropped)")
-    head, _ = write_backbone(g, scale_input(g, x), w)
+    head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w)
     y = g.node("GlobalAveragePool", [head], ["/pool/out"])
     y = g.node("Flatten", [y], ["/pool/flat"], axis=1)
     y = g.node("Gemm", [y, g.initializer("/classifier/W", w["classifier.weight"]),

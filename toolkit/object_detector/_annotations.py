@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from .._metrics import ToolkitWarning
+from ..errors import ToolkitWarning
 from ..errors import DataError
 
 VALID_ANNOTATION = (

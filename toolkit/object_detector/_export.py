@@ -36,35 +36,11 @@ import numpy as np
 from .. import _coreml
 from .._mx import get_weights
 from ..errors import ExportError, InvalidParameterError
-from ..image_classifier._export import _Writer
-from ..pretrained import _efficientnet
+from .. import _validate as V
+from ..pretrained import _coreml_writer
 from . import _net
 
 TASK_TITLE = "Object detector"
-
-
-def _backbone_map(writer, x):
-    """The backbone's layers up to its head convolution (no pooling): (fine, coarse) blobs."""
-    size = _efficientnet.IMAGE_SIZE
-    x = writer.convbn("stem", x, 3, _efficientnet.STEM_CHANNELS, 3, 2, size)
-    _, size = _efficientnet.same_padding(size, 3, 2)
-    for i, (k, s, e, cin, cout) in enumerate(_efficientnet.block_specs()):
-        mid = cin * e
-        y = x
-        if e != 1:
-            y = writer.convbn(f"blocks.{i}.expand", y, cin, mid, 1, 1, size)
-        y = writer.convbn(f"blocks.{i}.depthwise", y, mid, mid, k, s, size, groups=mid)
-        _, out_size = _efficientnet.same_padding(size, k, s)
-        y = writer.convbn(f"blocks.{i}.project", y, mid, cout, 1, 1, out_size, act=False)
-        if s == 1 and cin == cout:
-            writer.b.add_elementwise(f"blocks_{i}_add", input_names=[y, x],
-                                     output_name=f"blocks_{i}_add", mode="ADD")
-            y = f"blocks_{i}_add"
-        x, size = y, out_size
-        if i == _net.FINE_BLOCK:
-            fine = x
-    return fine, writer.convbn("head", x, _efficientnet.STAGES[-1][5], _efficientnet.HEAD_CHANNELS,
-                         1, 1, size)
 
 
 def _conv(b, name, W, bias, x, kernel=1, pad=0, stride=1):
@@ -94,7 +70,7 @@ def build_network(model, conf_name, coord_name):
     b = ct.models.neural_network.NeuralNetworkBuilder(
         [(feature, datatypes.Array(3, size, size))],
         [(conf_name, datatypes.Array(N, C)), (coord_name, datatypes.Array(N, 4))])
-    fine, x = _backbone_map(_Writer(b, w), feature)
+    x, _, fine = _coreml_writer.write_backbone(b, w, feature, fine_block=_net.FINE_BLOCK)
     x = _conv(b, "head_conv1", w["head.conv1.weight"], w["head.conv1.bias"], x)
     b.add_activation("head_conv1_leaky", "LEAKYRELU", x, "head_conv1_leaky", params=[0.1])
     y = _conv(b, "head_fine", w["head.fine.weight"], w["head.fine.bias"], fine, kernel=3,
@@ -146,9 +122,7 @@ def build_network(model, conf_name, coord_name):
     b.add_permute("conf_perm", dim=(0, 1, 3, 2), input_name="conf_split",
                   output_name="conf_perm")
     b.add_reshape("conf_rows", "conf_perm", conf_name, target_shape=(1, N, C, 1), mode=0)
-    b.set_pre_processing_parameters(
-        image_input_names=[feature], is_bgr=False, red_bias=_net.INPUT_BIAS,
-        green_bias=_net.INPUT_BIAS, blue_bias=_net.INPUT_BIAS, image_scale=_net.INPUT_SCALE)
+    _coreml_writer.set_image_input(b, feature)
     return b.spec
 
 
@@ -189,13 +163,12 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
     --------
     >>> model.export_coreml('Detector.mlmodel')                  # doctest: +SKIP
     """
-    from ._model import _check_fraction
     full_path = _coreml.check_export_path(path)
     if not isinstance(include_non_maximum_suppression, bool):
         raise InvalidParameterError("'include_non_maximum_suppression' must be True or False, "
                                     f"got {include_non_maximum_suppression!r}.")
     iou = model._iou(iou_threshold)
-    conf_t = 0.25 if confidence_threshold is None else _check_fraction(
+    conf_t = 0.25 if confidence_threshold is None else V.check_fraction(
         confidence_threshold, "confidence_threshold")
     s = model._state
     feature = str(s["feature"])

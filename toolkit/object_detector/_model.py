@@ -232,9 +232,9 @@ class ObjectDetector(Model):
         ('face', 0.93)
         """
         import pandas as pd
-        confidence_threshold = _check_fraction(confidence_threshold, "confidence_threshold")
+        confidence_threshold = V.check_fraction(confidence_threshold, "confidence_threshold")
         iou_threshold = self._iou(iou_threshold)
-        values, column, index, single = _image_input(dataset, self._state["feature"])
+        values, column, index, single = _images.image_input(dataset, self._state["feature"])
         out = []
         for _, raw, sizes in self._raw(values, column, index, verbose):
             for r, size in zip(raw, sizes):
@@ -249,7 +249,7 @@ class ObjectDetector(Model):
     def _iou(self, iou_threshold):
         if iou_threshold is None:
             return float(self._state["non_maximum_suppression_threshold"])
-        return _check_fraction(iou_threshold, "iou_threshold")
+        return V.check_fraction(iou_threshold, "iou_threshold")
 
     def evaluate(self, dataset, metric="auto", confidence_threshold=0.001, iou_threshold=None,
                  verbose=False):
@@ -308,9 +308,9 @@ class ObjectDetector(Model):
                 f"The annotations column '{ann_col}' the model was trained on is not in "
                 f"'dataset' (columns: {', '.join(map(str, dataset.columns))}).")
         rows = _annotations.parse_column(dataset[ann_col], ann_col)
-        confidence_threshold = _check_fraction(confidence_threshold, "confidence_threshold")
+        confidence_threshold = V.check_fraction(confidence_threshold, "confidence_threshold")
         iou_threshold = self._iou(iou_threshold)
-        values, column, index, _ = _image_input(dataset, self._state["feature"])
+        values, column, index, _ = _images.image_input(dataset, self._state["feature"])
         class_index = {c: i for i, c in enumerate(self._state["classes"])}
         counters = {"clipped": 0, "dropped": 0, "unknown": 0}
         gt, preds = [], []
@@ -350,12 +350,6 @@ class ObjectDetector(Model):
 
 # --- validation helpers --------------------------------------------------------------------
 
-def _check_fraction(value, name):
-    if not _annotations._is_number(value) or not 0.0 <= float(value) <= 1.0:
-        raise InvalidParameterError(f"'{name}' must be a number in [0, 1], got {value!r}.")
-    return float(value)
-
-
 def _check_metrics(metric):
     if metric == "auto":
         return ["average_precision_50", "mean_average_precision_50"]
@@ -367,11 +361,6 @@ def _check_metrics(metric):
             f"'metric' must be 'auto', 'all', one of {', '.join(METRICS)} or a list of them; "
             f"got {metric!r}.")
     return list(ms)
-
-
-def _image_input(dataset, feature, name="dataset"):
-    from ..image_classifier._model import _image_input as ic_input
-    return ic_input(dataset, feature, name)
 
 
 def _check_state(state):
@@ -622,7 +611,7 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     if batch_size == 0:
         batch_size = DEFAULT_BATCH_SIZE
         say(f"Setting 'batch_size' to {batch_size}", verbose)
-    values, column, index, _ = _image_input(dataset, feature)
+    values, column, index, _ = _images.image_input(dataset, feature)
     n_all = len(values)
     if max_iterations == 0:
         iters = int(np.clip(30 * n_all // batch_size, 500, 3000))

@@ -39,8 +39,8 @@ FINE_HIDDEN = 128
 #: Dropout on the backbone's features while training the head (masks drawn on the
 #: host, see :func:`dropout_masks`).
 DROPOUT = 0.3
-INPUT_SCALE = 1.0 / 127.5
-INPUT_BIAS = -1.0
+INPUT_SCALE = _efficientnet.INPUT_SCALE
+INPUT_BIAS = _efficientnet.INPUT_BIAS
 #: Anchor (width, height) in grid cells: sizes 1, 2 and 4 cells (32, 64, 128 px at 224)
 #: times aspect ratios 1:2, 1:1 and 2:1.
 DEFAULT_ANCHORS = ((0.7, 1.4), (1.0, 1.0), (1.4, 0.7), (1.4, 2.8), (2.0, 2.0), (2.8, 1.4),

@@ -42,7 +42,8 @@ import numpy as np
 from .. import _onnx
 from .._mx import get_weights
 from ..errors import ExportError
-from ..image_classifier._onnx_export import labels_of, scale_input, write_backbone
+from .. import _validate as V
+from ..pretrained import _onnx_writer
 from . import _detection, _net
 from ._export import TASK_TITLE
 
@@ -174,11 +175,10 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     Other thresholds at prediction time:
     ``sess.run(None, {'image': x, 'confidenceThreshold': np.array(0.5, np.float32)})``.
     """
-    from ._model import _check_fraction
     full_path = _onnx.check_export_path(path)
     iou = model._iou(iou_threshold)
     conf_t = DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else \
-        _check_fraction(confidence_threshold, "confidence_threshold")
+        V.check_fraction(confidence_threshold, "confidence_threshold")
     _onnx.onnx_module()
 
     s = model._state
@@ -189,7 +189,7 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
             f"name ({', '.join(INPUT_NAMES + OUTPUT_NAMES)}). Rename the image column and "
             "retrain.")
     classes = list(s["classes"])
-    labels, label_dtype = labels_of(classes)
+    labels, label_dtype = _onnx.labels_of(classes)
     anchors = np.asarray(s["anchors"], np.float64)
     A, C, G, size = len(anchors), len(classes), _net.GRID, _net.IMAGE_SIZE
     N = A * G * G
@@ -204,7 +204,8 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     conf_in = g.input("confidenceThreshold", np.float32, [],
                       f"(optional) confidence threshold (default: {conf_t})", default=conf_t)
 
-    coarse, fine = write_backbone(g, scale_input(g, x), w, fine_block=_net.FINE_BLOCK)
+    coarse, fine = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
+                                               fine_block=_net.FINE_BLOCK)
 
     def conv(name, inp, kernel=1, stride=1, pad=0):
         return g.node("Conv", [inp, g.initializer(f"/head/{name}/W", w[f"head.{name}.weight"]),

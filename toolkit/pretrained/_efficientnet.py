@@ -50,6 +50,10 @@ NUM_IMAGENET_CLASSES = 1000
 BN_EPSILON = 1e-3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
+#: Input scaling: network input = pixel * INPUT_SCALE + INPUT_BIAS, i.e. (x / 255 - 0.5) / 0.5,
+#: the [-1, 1] range the ImageNet weights were trained on.
+INPUT_SCALE = 1.0 / 127.5
+INPUT_BIAS = -1.0
 
 # (repeats, kernel, first stride, expansion, in channels, out channels)
 STAGES = (
@@ -93,6 +97,39 @@ def layer_plan(image_size=IMAGE_SIZE):
         plan.append((f"blocks.{i}.depthwise", k, s, size, pads))
         size = out
     return plan
+
+
+def walk(conv, add, x, fine_block=None):
+    """Trace the feature extractor layer by layer, for writers of other formats.
+
+    ``conv(prefix, x, cin, cout, kernel, stride, in_size, groups, act)`` adds
+    one convolution + BatchNorm (+ ReLU6 when ``act``) whose weights are
+    ``backbone.<prefix>.conv.weight`` and ``backbone.<prefix>.bn.*`` and
+    returns its output; ``add(i, y, x)`` adds block ``i``'s residual sum.
+    Returns ``(head, size, fine)``: the head convolution's ReLU6 output
+    (1280 channels, ``size`` x ``size``) and the output of block
+    ``fine_block`` (``None`` when not asked for). The Core ML and ONNX
+    exports of every image task write the backbone through this one walk.
+    """
+    size = IMAGE_SIZE
+    x = conv("stem", x, 3, STEM_CHANNELS, 3, 2, size, 1, True)
+    _, size = same_padding(size, 3, 2)
+    fine = None
+    for i, (k, s, e, cin, cout) in enumerate(block_specs()):
+        mid = cin * e
+        y = x
+        if e != 1:
+            y = conv(f"blocks.{i}.expand", y, cin, mid, 1, 1, size, 1, True)
+        y = conv(f"blocks.{i}.depthwise", y, mid, mid, k, s, size, mid, True)
+        _, out_size = same_padding(size, k, s)
+        y = conv(f"blocks.{i}.project", y, mid, cout, 1, 1, out_size, 1, False)
+        if s == 1 and cin == cout:
+            y = add(i, y, x)
+        x, size = y, out_size
+        if i == fine_block:
+            fine = x
+    head = conv("head", x, STAGES[-1][5], HEAD_CHANNELS, 1, 1, size, 1, True)
+    return head, size, fine
 
 
 _CLASSES = None

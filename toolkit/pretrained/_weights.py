@@ -22,7 +22,7 @@ The converted weights (toolkit structural names, float32; see
 A cache file that is truncated, fails its checksum, has the wrong names or
 shapes or was converted from another source or by another converter version
 is **not trusted**: it is rebuilt from the package (with a
-:class:`~toolkit._metrics.ToolkitWarning`). When the cache directory cannot be
+:class:`~toolkit.errors.ToolkitWarning`). When the cache directory cannot be
 written the weights are converted in memory each time (with a warning).
 
 The cache directory is ``$TOOLKIT_CACHE_DIR`` if set, else
@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 
 from .. import _model_file
-from .._metrics import ToolkitWarning
+from ..errors import ToolkitWarning
 from ..errors import ModelFileError, ToolkitError
 from . import _efficientnet
 from ._torch_legacy import read_legacy_state_dict
