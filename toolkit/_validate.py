@@ -155,3 +155,61 @@ def encode_labels(y, target):
         raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
                         "strings or integers.")
     return sorted({norm_label(v) for v in y})
+
+
+class StateCheck:
+    """The checks every task's ``_check_state`` makes of a stored state.
+
+    A model file's JSON state is data from disk: a damaged or edited file
+    must give a :class:`~toolkit.errors.CorruptModelFileError` naming the
+    field, never a model that fails later. One rule set for every task:
+    classes are a list of distinct str/int labels (bool is refused: JSON
+    would give it back as a different label), column names are strings.
+
+    >>> check = StateCheck({"classes": ["a", "b"]}, "image classifier")
+    >>> check.require("classes").classes(minimum=2)        # doctest: +ELLIPSIS
+    <toolkit._validate.StateCheck object at ...>
+    """
+
+    def __init__(self, state, task_title):
+        self.task_title = task_title
+        if not isinstance(state, dict):
+            self.bad("state", "is not an object")
+        self.state = state
+
+    def bad(self, key, why):
+        from .errors import CorruptModelFileError
+        raise CorruptModelFileError(
+            f"The {self.task_title} file's state field '{key}' {why}; the file is damaged or "
+            "was edited.")
+
+    def require(self, *keys):
+        for key in keys:
+            if key not in self.state:
+                self.bad(key, "is missing")
+        return self
+
+    def classes(self, key="classes", minimum=2):
+        classes = self.state[key]
+        if not (isinstance(classes, list) and len(classes) >= minimum and all(
+                isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+            self.bad(key, f"is not a list of at least {minimum} label(s) (str or int)")
+        if len(set(classes)) != len(classes):
+            self.bad(key, "has duplicated labels")
+        return self
+
+    def column_names(self, *keys):
+        for key in keys:
+            if not isinstance(self.state[key], str):
+                self.bad(key, "is not a column name")
+        return self
+
+    def one_of(self, key, allowed):
+        if self.state[key] not in allowed:
+            self.bad(key, f"is {self.state[key]!r}, not one of {', '.join(map(str, allowed))}")
+        return self
+
+    def equals(self, key, expected):
+        if self.state[key] != expected:
+            self.bad(key, f"is {self.state[key]!r}, not {expected!r}")
+        return self

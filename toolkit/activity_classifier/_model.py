@@ -19,7 +19,7 @@ from ..errors import ToolkitWarning
 from .._model import Model
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
-from ..errors import (CorruptModelFileError, DataError, InvalidParameterError,
+from ..errors import (DataError, InvalidParameterError,
                       WeightsMismatchError)
 from . import _data, _export, _net, _train
 from ._data import WINDOWS_PER_CHUNK
@@ -373,35 +373,23 @@ class ActivityClassifier(Model):
 
 def _check_state(state):
     """Refuse a stored state that cannot describe a model (a damaged or edited file)."""
-    def bad(key, why):
-        raise CorruptModelFileError(
-            f"The activity classifier file's state field '{key}' {why}; the file is damaged "
-            "or was edited.")
-    if not isinstance(state, dict):
-        bad("state", "is not an object")
-    for key in ("features", "classes", "prediction_window", "feature_mean", "feature_std",
-                "target", "session_id"):
-        if key not in state:
-            bad(key, "is missing")
-    feats, classes = state["features"], state["classes"]
+    check = V.StateCheck(state, "activity classifier")
+    check.require("features", "classes", "prediction_window", "feature_mean", "feature_std",
+                  "target", "session_id")
+    feats = state["features"]
     if not (isinstance(feats, list) and feats and all(isinstance(f, str) for f in feats)):
-        bad("features", "is not a non-empty list of column names")
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(
-            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
-        bad("classes", "is not a list of at least two labels")
+        check.bad("features", "is not a non-empty list of column names")
+    check.classes(minimum=2).column_names("target", "session_id")
     pw = state["prediction_window"]
     if not (isinstance(pw, int) and not isinstance(pw, bool) and 1 <= pw <= 400):
-        bad("prediction_window", f"is {pw!r}, not an int in [1, 400]")
+        check.bad("prediction_window", f"is {pw!r}, not an int in [1, 400]")
     for key in ("feature_mean", "feature_std"):
         v = state[key]
         if not (isinstance(v, list) and len(v) == len(feats)
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            bad(key, f"is not a list of {len(feats)} numbers")
+            check.bad(key, f"is not a list of {len(feats)} numbers")
     if any(not (x > 0) for x in state["feature_std"]):
-        bad("feature_std", "has a value that is not positive")
-    for key in ("target", "session_id"):
-        if not isinstance(state[key], str):
-            bad(key, "is not a column name")
+        check.bad("feature_std", "has a value that is not positive")
 
 
 def _check_weights_fit(state, weights):
