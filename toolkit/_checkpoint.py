@@ -47,8 +47,8 @@ import warnings
 import numpy as np
 
 from . import _model, _model_file
-from .errors import (CheckpointMismatchError, CorruptModelFileError, InvalidParameterError,
-                     UnsupportedVersionError)
+from .errors import (CheckpointError, CheckpointMismatchError, CorruptModelFileError,
+                     InvalidParameterError, UnsupportedVersionError)
 
 #: Layout version of the ``checkpoint`` header object and ``training`` section.
 CHECKPOINT_VERSION = 1
@@ -194,6 +194,7 @@ class Checkpoint:
     def __init__(self, path, task, state, weights, info, arrays, written_by):
         self.path, self.task, self.state, self.weights = path, task, state, weights
         self.info, self.arrays, self.written_by = info, arrays, written_by
+        self._used = set()
 
     @property
     def position(self):
@@ -209,8 +210,34 @@ class Checkpoint:
 
     def arrays_under(self, prefix):
         """The ``training`` arrays named ``prefix/...``, keyed by the rest of the name."""
-        return {k[len(prefix) + 1:]: v for k, v in self.arrays.items()
-                if k.startswith(prefix + "/")}
+        out = {k[len(prefix) + 1:]: v for k, v in self.arrays.items()
+               if k.startswith(prefix + "/")}
+        self._used.update(prefix + "/" + k for k in out)
+        return out
+
+    def array(self, name):
+        """One ``training`` array by its full name (a CheckpointError if missing)."""
+        if name not in self.arrays:
+            raise CheckpointError(
+                f"Cannot resume from '{self.path}': it holds no training array '{name}' "
+                f"(it holds: {_preview(self.arrays)}). The checkpoint does not fit this "
+                "version of the task's training code.")
+        self._used.add(name)
+        return self.arrays[name]
+
+    def check_all_used(self):
+        """Refuse a resume that left stored training arrays unread.
+
+        An array no parameter claimed is optimizer state the run would
+        silently drop (e.g. a weight renamed by a version step that was not
+        declared as a :class:`toolkit._model.VersionStep`)."""
+        unused = sorted(set(self.arrays) - self._used)
+        if unused:
+            raise CheckpointError(
+                f"Cannot resume from '{self.path}': {len(unused)} stored training array(s) "
+                f"match no parameter of this run ({_preview(unused)}). The checkpoint was "
+                "written by another version of the task's code whose file-version step does "
+                "not rename them; resuming would silently restart that state.")
 
     def rng(self):
         return decode_rng(self.info.get("rng"), self.path)
@@ -242,6 +269,13 @@ class Checkpoint:
         return (f"Resuming from checkpoint '{self.path}' at iteration {done} of {total} "
                 f"(written {who.get('date', 'at an unknown time')} by toolkit "
                 f"{who.get('toolkit', '?')}).")
+
+
+def _preview(names, n=6):
+    names = sorted(names)
+    text = ", ".join(names[:n])
+    return text + (f", ... ({len(names)} in all)" if len(names) > n else "") if names \
+        else "none"
 
 
 def _norm(v):
@@ -300,6 +334,8 @@ def read(path, task):
     info, arrays = migrate(version, info, arrays)
     cls = _model._task_class(mf.task, path)
     state, weights = _model.migrate(cls, mf.file_version, mf.state, mf.tensors("weights"))
+    # The task's version steps rename the optimizer's arrays as they rename weights.
+    info, arrays = _model.migrate_training(cls, mf.file_version, info, arrays)
     return Checkpoint(path, task, state, weights, info, arrays, mf.header.get("written_by"))
 
 

@@ -5,9 +5,14 @@ A task model class declares:
 * ``_TASK``: its stable name in files (``"activity_classifier"``); files never
   name Python classes or modules;
 * ``_FILE_VERSION``: the newest file version it writes;
-* ``_MIGRATIONS``: ``{v: fn}`` where ``fn(state, weights) -> (state, weights)``
-  turns a version-``v`` file into a version ``v + 1`` one. Each is a small pure
-  function with a comment saying what changed in ``v + 1`` and why;
+* ``_MIGRATIONS``: ``{v: step}``, ``step`` turning a version-``v`` file into a
+  version ``v + 1`` one: a :class:`VersionStep` (a weight rename map plus an
+  optional pure state function, with a docstring saying what changed and why),
+  which migrates model files and training checkpoints alike. A plain function
+  ``fn(state, weights) -> (state, weights)`` is accepted too, but it cannot
+  reach a checkpoint's optimizer arrays: resuming an older checkpoint then
+  stops with a :class:`~toolkit.errors.CheckpointError` naming the arrays it
+  could not match, instead of training on the wrong state;
 * ``_get_state()`` -> ``(json_state, weights)`` and
   ``_from_state(state, weights)`` (a classmethod that rebuilds the networks in
   code and copies the weights in).
@@ -67,6 +72,76 @@ def _version_gate(path):
     return gate
 
 
+def _renamed(name, renames):
+    """``name`` (one stored array name, or one '/'-separated part of a checkpoint
+    array name) after ``renames``; a part may name a weight without its
+    network's prefix (an optimizer that trained only the ``head.`` weights
+    names them ``conv1.weight``), and is then renamed within that prefix."""
+    if name in renames:
+        return renames[name]
+    for old, new in renames.items():
+        if old.endswith("." + name):
+            prefix = old[:-len(name)]
+            if new.startswith(prefix):
+                return new[len(prefix):]
+    return name
+
+
+def _rename_keys(value, renames):
+    if isinstance(value, dict):
+        return {(_renamed(k, renames) if isinstance(k, str) else k): _rename_keys(v, renames)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rename_keys(v, renames) for v in value]
+    return value
+
+
+class VersionStep:
+    """One step of a task's file format, version ``v`` -> ``v + 1``, declared once.
+
+    Parameters
+    ----------
+    renames : dict, optional
+        ``{old weight name: new weight name}``.
+    state : callable, optional
+        ``state(dict) -> dict``: a pure function of the JSON state (new fields
+        with defaults, changed meanings).
+    doc : str
+        What changed and why (shown by ``python -m toolkit upgrade``).
+
+    The same declaration migrates a model file (its weights and state) and a
+    training checkpoint: besides the weights and state, every '/'-separated
+    part of a ``training`` array name (``optimizer/<weight>/0``,
+    ``average/<weight>``) and every key of the checkpoint's JSON ``extra``
+    (per-weight optimizer step counts) that names a renamed weight.
+
+    Examples
+    --------
+    >>> step = VersionStep(renames={"dense.w": "dense.weight"},
+    ...                    state=lambda s: dict(s, scale=s.get("scale", 1.0)),
+    ...                    doc="Structural weight names; 'scale' defaults to 1.0.")
+    >>> state, weights = step({"name": "x"}, {"dense.w": 1})
+    >>> state, sorted(weights)
+    ({'name': 'x', 'scale': 1.0}, ['dense.weight'])
+    """
+
+    def __init__(self, renames=None, state=None, doc=""):
+        self.renames = dict(renames or {})
+        self.state = state
+        self.__doc__ = doc
+
+    def __call__(self, state, weights):
+        if self.state is not None:
+            state = self.state(dict(state))
+        return state, {self.renames.get(k, k): v for k, v in weights.items()}
+
+    def checkpoint(self, info, arrays):
+        """The checkpoint's header object and ``training`` arrays, renamed."""
+        arrays = {"/".join(_renamed(p, self.renames) for p in k.split("/")): v
+                  for k, v in arrays.items()}
+        return dict(info, extra=_rename_keys(info.get("extra", {}), self.renames)), arrays
+
+
 def migrate(cls, version, state, weights):
     """Run the migration chain from ``version`` up to ``cls._FILE_VERSION``."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -74,6 +149,16 @@ def migrate(cls, version, state, weights):
             f"Invalid {cls._TASK} file version {version!r}; the file is damaged.")
     return run_chain(cls._MIGRATIONS, version, cls._FILE_VERSION, f"{cls._TASK} file version",
                      state, weights)
+
+
+def migrate_training(cls, version, info, arrays):
+    """Carry a checkpoint's training arrays and ``extra`` through the same task
+    file-version steps as its weights (:class:`VersionStep`; a plain function
+    step leaves them as they are, and the strict restore then names them)."""
+    steps = {v: getattr(step, "checkpoint", lambda i, a: (i, a))
+             for v, step in cls._MIGRATIONS.items()}
+    return run_chain(steps, version, cls._FILE_VERSION, f"{cls._TASK} file version", info,
+                     arrays)
 
 
 def run_chain(steps, version, target, what, json_part, arrays):

@@ -135,6 +135,44 @@ def optimizer_arrays(setup_):
     return meta, arrays
 
 
+def check_names(stored, expected, what, path="the checkpoint"):
+    """Refuse stored per-parameter arrays whose names differ from the network's."""
+    from .errors import CheckpointError
+    stray, missing = sorted(set(stored) - set(expected)), sorted(set(expected) - set(stored))
+    if stray or missing:
+        raise CheckpointError(
+            f"Cannot resume from '{path}': its {what} does not fit this network (stored for "
+            f"unknown parameter(s): {', '.join(stray[:6]) or 'none'}; missing for: "
+            f"{', '.join(missing[:6]) or 'none'}). It was written by another version of the "
+            "training code; a file-version step (toolkit._model.VersionStep) must rename "
+            "these arrays with the weights.")
+
+
+def _check_optimizer_names(names, meta, arrays):
+    """Every stored optimizer array and step count must belong to a parameter of
+    this run, and every parameter that was updated must find its arrays: a
+    partial match would silently restart some of Adam's moments."""
+    from .errors import CheckpointError
+    known = set(names)
+    stored = {k.rsplit("/", 1)[0] for k in arrays}
+    counted = set(meta.get("counts", {}))
+    stray = sorted((stored | counted) - known)
+    # A parameter with a step count but no arrays lost its moments; one with
+    # neither was never updated (frozen), which is fine.
+    missing = sorted(n for n in counted & known if n not in stored)
+    if stray or missing:
+        raise CheckpointError(
+            "The checkpoint's optimizer state does not fit this network: "
+            + (f"stored for unknown parameter(s) {', '.join(stray[:6])}"
+               + (f" ... ({len(stray)} in all)" if len(stray) > 6 else "") if stray else "")
+            + ("; " if stray and missing else "")
+            + (f"missing for parameter(s) {', '.join(missing[:6])}"
+               + (f" ... ({len(missing)} in all)" if len(missing) > 6 else "")
+               if missing else "")
+            + ". It was written by another version of the training code; a file-version "
+            "step (toolkit._model.VersionStep) must rename these arrays with the weights.")
+
+
 def restore_optimizer(setup_, meta, arrays):
     """Load what :func:`optimizer_arrays` returned into a fresh trainer.
 
@@ -144,6 +182,7 @@ def restore_optimizer(setup_, meta, arrays):
         return False
     nd = mx().nd
     names = list(setup_.params)
+    _check_optimizer_names(names, meta, arrays)
     for updater, ctx in zip(_updaters(setup_.trainer), setup_.ctxs):
         optimizer = updater.optimizer
         for idx, name in enumerate(names):

@@ -66,7 +66,11 @@ class ExportError(ToolkitError, RuntimeError):
     """Export to another format failed."""
 
 
-class CheckpointMismatchError(ToolkitError, ValueError):
+class CheckpointError(ToolkitError, ValueError):
+    """A checkpoint cannot be used to resume: its stored training state does not fit."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint cannot resume this training run (other task, settings, or a model file)."""
 
 

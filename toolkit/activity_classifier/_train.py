@@ -294,6 +294,9 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
         n_avg = int(extra.get("averaged", 0))
         if n_avg:
             avg = resume.arrays_under("average")
+            _training.check_names(avg, structural_params(core), "running weight average",
+                                  resume.path)
+        resume.check_all_used()
         rng = resume.rng()
         first_iteration = int(resume.position["iteration"]) + 1
         say(resume.describe(), verbose)
