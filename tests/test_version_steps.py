@@ -88,3 +88,19 @@ def test_v1_model_file_loads_under_v2_with_the_same_predictions(xy, tmp_path, mo
     loaded = tc.load_model(path)
     np.testing.assert_array_equal(loaded.predict(xy[0]), model.predict(xy[0]))
     assert "layer1.weight" in loaded._get_state()[1]
+
+
+def test_upgrade_command_renames_the_checkpoint_arrays_too(xy, v1_checkpoint, monkeypatch,
+                                                           tmp_path):
+    import io
+    from toolkit import __main__ as cli
+    v2 = T.task_class(2)
+    T.register(monkeypatch, v2)
+    upgraded = str(tmp_path / "v2.ckpt")
+    out = io.StringIO()
+    cli.upgrade(v1_checkpoint, upgraded, out=out)
+    assert "version 1 -> 2: The hidden layer is called layer1." in out.getvalue()
+    assert _model.open_model_file(upgraded).file_version == 2
+    whole = T.create(v2, *xy, ITERS)
+    resumed = T.create(v2, *xy, ITERS, resume_from=upgraded)
+    np.testing.assert_allclose(resumed.predict(xy[0]), whole.predict(xy[0]), rtol=0, atol=1e-5)
