@@ -99,3 +99,23 @@ def test_checkpoint_fixture_loads_and_resumes_as_recorded(folder, tmp_path):
     # with another random state 0.19 off).
     np.testing.assert_allclose(spec.predict(resumed, folder), expected, rtol=0,
                                atol=_RESUME_ATOL.get(task, 1e-4))
+
+
+@pytest.mark.parametrize("task", sorted(_model._TASKS))
+def test_a_file_of_a_newer_version_is_refused_for_every_task(task, tmp_path):
+    """The current fixture of each task, relabelled as the next version by a newer
+    toolkit: refused with both versions named and the upgrade command."""
+    from test_model_file import _parts, _rebuild
+    cls = _model._task_class(task)
+    with open(os.path.join(FIXTURES, task, f"v{cls._FILE_VERSION}", "model.model"), "rb") as f:
+        _, header, payload = _parts(f.read())
+    header["file_version"] = cls._FILE_VERSION + 1
+    header["written_by"]["toolkit"] = "9.1.0"
+    path = tmp_path / "newer.model"
+    path.write_bytes(_rebuild(header, payload))
+    with pytest.raises(tc.errors.UnsupportedVersionError) as e:
+        tc.load_model(str(path))
+    msg = str(e.value)
+    for part in (task, f"version {cls._FILE_VERSION + 1}", "9.1.0",
+                 f"up to version {cls._FILE_VERSION}", "pip install -U"):
+        assert part in msg, (part, msg)
