@@ -216,12 +216,12 @@ def _first_of(values, index, test):
     return None, None
 
 
-def _check_missing(series, column, what, name, fix):
+def _check_missing(series, column, what, noun, name, fix):
     missing = series.isna().to_numpy()
     if missing.any():
         first = series.index[np.flatnonzero(missing)[0]]
         raise DataError(
-            f"{what} column '{column}' in '{name}' has {int(missing.sum())} missing value(s) "
+            f"{what} column '{column}' in '{name}' has {int(missing.sum())} missing {noun}(s) "
             f"(NaN, None or NA); the first is at row {first!r}. {fix}")
 
 
@@ -235,7 +235,7 @@ def check_labels(dataset, target, name="dataset", allow_bool=False):
     numbers: ``True == 1`` would merge two classes) are refused.
     """
     series = dataset[target]
-    _check_missing(series, target, "Target", name, "Drop those rows or label them.")
+    _check_missing(series, target, "Target", "label", name, "Drop those rows or label them.")
     values = series.to_numpy()
     if values.dtype == object:
         types = {type(v) for v in values}
@@ -270,7 +270,7 @@ def check_session_ids(dataset, column, name="dataset"):
     sessions; it is refused.
     """
     series = dataset[column]
-    _check_missing(series, column, "Session", name,
+    _check_missing(series, column, "Session", "session id", name,
                    "Every row needs a session id: drop those rows or fill them in.")
     values = series.to_numpy()
     if values.dtype != object:
