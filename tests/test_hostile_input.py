@@ -16,9 +16,8 @@ import pytest
 import toolkit as tc
 from toolkit import _checkpoint, _images
 from toolkit import _validate as V
-from toolkit._metrics import ToolkitWarning
 from toolkit.errors import (DataError, InvalidParameterError, ModelFileError,
-                            ModelFileWriteError)
+                            ModelFileWriteError, ToolkitWarning)
 
 KW = dict(prediction_window=5, max_iterations=1, verbose=False, random_seed=0)
 
