@@ -48,7 +48,7 @@ import numpy as np
 
 from . import _model, _model_file
 from .errors import (CheckpointError, CheckpointMismatchError, CorruptModelFileError,
-                     InvalidParameterError, UnsupportedVersionError)
+                     InvalidParameterError, ModelFileError, UnsupportedVersionError)
 
 #: Layout version of the ``checkpoint`` header object and ``training`` section.
 CHECKPOINT_VERSION = 1
@@ -125,6 +125,14 @@ def check_destination(path):
         raise InvalidParameterError(
             f"'checkpoint_path' {path!r}: the directory {directory!r} does not exist; create "
             "it first.")
+    try:
+        # An existing directory may still refuse files (permissions, a read-only
+        # or full file system): find out now, not after training.
+        _model_file.check_writable(path)
+    except ModelFileError as e:
+        raise InvalidParameterError(
+            f"'checkpoint_path' {path!r} cannot be written: {getattr(e, 'reason', e)}. Choose "
+            "a writable location.") from None
 
 
 def start(task, checkpoint_path, checkpoint_every, resume_from, random_seed):
@@ -157,6 +165,8 @@ class Schedule:
         self.writer = writer
         self.last_time = time.monotonic()
         self.written = 0
+        self.failing = False
+        self.last_iteration = None
 
     def due(self, iteration, final=False):
         if not self.path or not self.writer:
@@ -168,8 +178,30 @@ class Schedule:
         return time.monotonic() - self.last_time >= self.every
 
     def write(self, snapshot):
-        """``snapshot()`` -> kwargs of :func:`write`; called only when due."""
-        write(self.path, **snapshot())
+        """``snapshot()`` -> kwargs of :func:`write`; called only when due.
+
+        A checkpoint that cannot be written (disk full, permissions changed,
+        directory removed) does not stop training: a trained model is worth
+        more than its checkpoint. The first failure warns
+        (:class:`~toolkit.errors.ToolkitWarning`) and names the last checkpoint
+        that was written; later ones are silent until a write succeeds again.
+        """
+        kwargs = snapshot()
+        try:
+            write(self.path, **kwargs)
+        except ModelFileError as e:
+            if not self.failing:
+                last = (f"the last one written is from iteration {self.last_iteration}"
+                        if self.last_iteration is not None else "none was written")
+                warnings.warn(
+                    f"Could not write the checkpoint at iteration "
+                    f"{kwargs.get('position', {}).get('iteration')}: {e} Training goes on and "
+                    f"create() still returns the trained model; a resume would start from an "
+                    f"older checkpoint ({last}).", _warning_class(), stacklevel=3)
+            self.failing = True
+            return
+        self.failing = False
+        self.last_iteration = kwargs.get("position", {}).get("iteration")
         self.last_time = time.monotonic()
         self.written += 1
 
@@ -241,6 +273,15 @@ class Checkpoint:
 
     def rng(self):
         return decode_rng(self.info.get("rng"), self.path)
+
+    def setting(self, name):
+        """The checkpoint's resolved value of a setting (None if it has none).
+
+        A create() argument left automatic (``None``, or ``0`` where that means
+        automatic) takes this value when resuming, so the automatic choice is
+        not made again, possibly differently (other data, another machine).
+        """
+        return self.config.get(name)
 
     def check_compatible(self, config, data_fingerprint):
         """Apply the resume rules of the module docstring."""

@@ -211,5 +211,7 @@ def write_protobuf(message, full, path, what):
     try:
         atomic_write(full, data)
     except OSError as e:
-        raise ExportError(f"Cannot write the {what} model to '{path}': {e}") from e
+        # A ModelFileWriteError (an OSError) says why in .reason, without the path twice.
+        raise ExportError(f"Cannot write the {what} model to '{path}': "
+                          f"{getattr(e, 'reason', e)}.") from e
     return full

@@ -10,6 +10,14 @@ An image column of a DataFrame may hold, row by row, any of:
   other integer types must lie in [0, 255]; floating point values must be
   finite and lie in [0, 1] (scikit-image's convention) and are scaled by 255.
 
+Image files and PIL images of more than 8 bits follow the same rules: 32-bit
+float grey (Pillow mode ``F``, e.g. a float TIFF) must lie in [0, 1] and is
+scaled by 255 (other ranges are refused, naming the range found); 16-bit grey
+(``I;16``) is scaled from [0, 65535]; 32-bit integer grey (``I``) is used as is
+when it lies in [0, 255], scaled from [0, 65535] otherwise, and refused outside
+[0, 65535]. A 16- or 32-bit grey image holding only 0 and 1 (a mask) is read
+as black and white, like a bool array, not as an all but black image.
+
 Every image becomes 8-bit RGB: grey is replicated into the three channels,
 an alpha channel is dropped (not composited), palette and CMYK images are
 converted by Pillow, and JPEG EXIF orientation is applied. It is then resized
@@ -177,6 +185,37 @@ def _array_to_uint8(arr, where):
         "integer type with values in [0, 255], bool, or float in [0, 1].")
 
 
+def _wide_grey_to_uint8(img, where):
+    """A 16/32-bit grey PIL image (modes I;16*, I, F) -> uint8 (H, W), by the module's rules.
+
+    Pillow's own conversion clips these at 255, which turns a float image in
+    [0, 1] (or a 0/1 mask) into an all-black one without a word.
+    """
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        finite = np.isfinite(arr)
+        lo = float(arr[finite].min()) if finite.any() else float("nan")
+        hi = float(arr[finite].max()) if finite.any() else float("nan")
+        if not finite.all() or lo < 0 or hi > 1:
+            raise DataError(
+                f"Image at {where} is a 32-bit float grey image (Pillow mode F) with values in "
+                f"[{lo:g}, {hi:g}]{'' if finite.all() else ' and NaN or infinite values'}; "
+                "float images must lie in [0, 1] (scaled by 255). Save it scaled to [0, 1] or "
+                "as an 8- or 16-bit image.")
+        return np.round(arr * 255.0).astype(np.uint8)
+    arr = np.asarray(img, dtype=np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise DataError(
+            f"Image at {where} is a 32-bit integer grey image with values in [{lo}, {hi}]; "
+            "such images must lie in [0, 255] or [0, 65535]. Rescale it to 8 or 16 bits.")
+    if hi <= 1:
+        return (arr * 255).astype(np.uint8)
+    if img.mode == "I" and hi <= 255:
+        return arr.astype(np.uint8)
+    return np.round(arr * (255.0 / 65535.0)).astype(np.uint8)
+
+
 def load_image(value, where="the image"):
     """Decode one cell value into an 8-bit RGB ``PIL.Image`` (not resized)."""
     Image, ImageOps = _pil()
@@ -212,12 +251,11 @@ def load_image(value, where="the image"):
             "Expected a file path, encoded image bytes, a PIL image or a numpy array.")
     try:
         img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit grey: scale to 8 bits instead of clipping at 255.
-            arr = np.asarray(img, dtype=np.float64)
-            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8))
+        if img.mode in ("F", "I;16", "I;16B", "I;16L", "I"):
+            img = Image.fromarray(_wide_grey_to_uint8(img, where), "L")
         return img.convert("RGB")
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"Cannot convert the image at {where} to RGB "
                         f"({type(e).__name__}: {e}).") from None
@@ -233,7 +271,7 @@ def to_rgb_array(value, size, where="the image"):
 
 
 def check_paths(values, column, index=None):
-    """Fail fast, before any decoding, when a path column names missing files."""
+    """Fail fast, before any decoding, when a path column names missing files or directories."""
     missing = []
     for pos, v in enumerate(values):
         if isinstance(v, (str, os.PathLike)) and not os.path.isfile(os.fspath(v)):
@@ -241,6 +279,15 @@ def check_paths(values, column, index=None):
     if missing:
         pos = missing[0]
         label = index[pos] if index is not None else pos
+        folders = [p for p in missing if os.path.isdir(os.fspath(values[p]))]
+        if folders:
+            pos = folders[0]
+            label = index[pos] if index is not None else pos
+            raise DataError(
+                f"{len(folders)} path(s) of column '{column}' are directories, not image files; "
+                f"the first is '{os.fspath(values[pos])}' at row {label!r} (position {pos}). "
+                "List the image files inside instead (e.g. with glob.glob(folder + '/*.jpg')) "
+                "or drop those rows.")
         raise DataError(
             f"{len(missing)} image file(s) of column '{column}' do not exist; the first is "
             f"'{os.fspath(values[pos])}' at row {label!r} (position {pos}). Fix the paths "

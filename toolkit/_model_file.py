@@ -537,27 +537,92 @@ def serialize(header, sections):
     return _PREAMBLE.pack(MAGIC, CONTAINER_VERSION, len(header_bytes), digest) + body
 
 
+def _write_reason(e):
+    """Why an OSError stopped a write, in words (no temporary file names)."""
+    import errno
+    code = getattr(e, "errno", None)
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied (the directory cannot be written by this user)"
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "no space left on the device (the disk or quota is full)"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    return e.strerror or str(e)
+
+
+def _write_error(path, e):
+    from .errors import ModelFileWriteError
+    err = ModelFileWriteError(
+        f"Cannot save to '{path}': {_write_reason(e)}. Any earlier file at that path is "
+        "unchanged. Free some space or choose a writable location.")
+    err.errno = getattr(e, "errno", None)
+    err.reason = _write_reason(e)
+    return err
+
+
+def write_target(path):
+    """The file a write to ``path`` replaces: symlinks are followed (written through).
+
+    Saving over a symlink writes the file the link points to, as ``open(path,
+    'w')`` would, and leaves the link in place (docs/model_format.md).
+    """
+    return os.path.realpath(os.fspath(path))
+
+
+def check_writable(path):
+    """Raise :class:`~toolkit.errors.ModelFileWriteError` when a file cannot be created
+    next to ``path``'s target (permissions, a read-only or full file system).
+
+    It creates and removes a temporary file, the same operation a save starts
+    with: ``os.access`` would say yes to root on a read-only mount.
+    """
+    directory = os.path.dirname(write_target(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".toolkit-probe.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
 def atomic_write(path, data):
     """Write bytes to ``path`` so that readers see the old file or the new one, never a mix.
 
     The bytes go to a temporary file in the same directory, are flushed to
     disk, and the temporary file is renamed over the target (atomic on POSIX
-    and on Windows for files on one volume).
+    and on Windows for files on one volume). A symlink at ``path`` is followed:
+    the file it points to is replaced and the link stays.
+
+    Raises
+    ------
+    toolkit.errors.ModelFileWriteError
+        The file cannot be written (permission denied, disk full, read-only
+        file system); the message names ``path``, not the temporary file, and
+        any earlier file at ``path`` is intact.
+    toolkit.errors.ModelFileError
+        The directory does not exist or ``path`` is a directory.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    target = write_target(path)
+    directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise ModelFileError(
             f"Cannot save to '{path}': the directory '{directory}' does not exist.")
-    if os.path.isdir(path):
+    if os.path.isdir(target):
         raise ModelFileError(f"Cannot save to '{path}': it is a directory; give a file path.")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(target) + ".",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         # mkstemp creates the file 0600; give it the mode an ordinary new file
         # would get (0666 less the umask), or keep the mode of the file replaced.
         try:
-            mode = os.stat(path).st_mode & 0o7777
+            mode = os.stat(target).st_mode & 0o7777
         except OSError:
             umask = os.umask(0)
             os.umask(umask)
@@ -567,12 +632,14 @@ def atomic_write(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     try:
         dfd = os.open(directory, os.O_RDONLY)

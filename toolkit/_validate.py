@@ -35,11 +35,78 @@ def check_column_name(value, argument):
 
 
 def check_columns_exist(dataset, columns, argument, name="dataset"):
+    """Every column is in ``dataset``, exactly once.
+
+    A duplicated name would make ``dataset[col]`` a DataFrame instead of a
+    column, so it is refused here, before any code reads the column.
+    """
     missing = [c for c in columns if c not in dataset.columns]
     if missing:
         raise ColumnNotFoundError(
             f"{argument}: column{'s' if len(missing) > 1 else ''} {_preview(missing)} not found "
             f"in '{name}'. Columns present: {_preview(dataset.columns, 20)}.")
+    if not dataset.columns.is_unique:
+        names = list(dataset.columns)
+        for c in dict.fromkeys(columns):
+            if names.count(c) > 1:
+                raise DataError(
+                    f"{argument}: column {c!r} appears {names.count(c)} times in '{name}'; "
+                    "column names must be unique. Drop or rename the duplicates, e.g. "
+                    f"{name} = {name}.loc[:, ~{name}.columns.duplicated()].")
+
+
+def check_column_list(columns, argument, others=()):
+    """``columns`` (e.g. ``features``): a non-empty list of distinct str names, none of ``others``.
+
+    ``others`` maps an argument name to its column (``{'session_id': 's'}``):
+    a column used as a feature and as the session or target would leak the
+    label into the input or mix roles.
+    """
+    if isinstance(columns, str) or not hasattr(columns, "__iter__") \
+            or not all(isinstance(c, str) for c in columns):
+        raise InvalidParameterError(
+            f"'{argument}' must be a list of column names (str), got {columns!r:.80}.")
+    columns = list(columns)
+    if not columns:
+        raise InvalidParameterError(f"'{argument}' is an empty list; give at least one column.")
+    seen = set()
+    for c in columns:
+        if c in seen:
+            raise InvalidParameterError(
+                f"'{argument}' names column {c!r} more than once; list each column once.")
+        seen.add(c)
+    for other, column in dict(others).items():
+        if column in seen:
+            raise InvalidParameterError(
+                f"'{argument}' must not contain the {other} column {column!r}.")
+    return columns
+
+
+def check_distinct(arguments):
+    """``{argument: column}``: the columns of different roles must differ."""
+    items = list(dict(arguments).items())
+    for i, (a, ca) in enumerate(items):
+        for b, cb in items[i + 1:]:
+            if ca == cb:
+                raise InvalidParameterError(
+                    f"'{a}' and '{b}' name the same column {ca!r}; they must be different "
+                    "columns.")
+
+
+def check_str_columns(columns, name="dataset"):
+    """Refuse non-str column names taken implicitly (``features=None``).
+
+    Model files and exports store column names as JSON strings; an int name
+    (``pd.DataFrame(array)`` gives 0, 1, ...) would be saved as a number that the
+    loaded model can no longer match, so it is refused before training.
+    """
+    bad = [c for c in columns if not isinstance(c, str)]
+    if bad:
+        raise DataError(
+            f"'{name}' has column names that are not strings ({_preview(bad)}); the toolkit "
+            "needs str column names to store them in the model file. Rename them, e.g. "
+            f"{name} = {name}.rename(columns=str), or pass 'features' explicitly.")
+    return list(columns)
 
 
 def check_int(value, argument, low=None, high=None):
@@ -75,6 +142,18 @@ def check_choice(value, argument, choices):
     return value
 
 
+def check_max_iterations(value, argument="max_iterations"):
+    """``None`` or ``0``: automatic (returns None); else an int >= 1.
+
+    Every task reads 0 as "automatic", as Turi Create's object detector does,
+    so a 0 never returns an untrained model.
+    """
+    if value is None:
+        return None
+    value = check_int(value, argument, 0)
+    return value or None
+
+
 def check_seed(value):
     if value is None:
         return None
@@ -87,6 +166,10 @@ def numeric_features(dataset, features, name="dataset"):
     cols = []
     for col in features:
         series = dataset[col]
+        if pd.api.types.is_complex_dtype(series):
+            raise DataError(
+                f"Feature column '{col}' holds complex numbers (dtype {series.dtype}); features "
+                "must be real. Split it into two columns (np.real and np.imag) or use np.abs.")
         if not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)):
             raise DataError(
                 f"Feature column '{col}' must be numeric (int or float), got dtype "
@@ -112,22 +195,102 @@ def numeric_features(dataset, features, name="dataset"):
     return values.astype(np.float32)
 
 
-def check_labels(dataset, target, name="dataset"):
-    """Return the target column as a numpy array, refusing missing labels."""
-    series = dataset[target]
+def _kind(t):
+    """The kind of a label or id type: str, bool, int, float, or the type's name."""
+    if issubclass(t, str):
+        return "str"
+    if issubclass(t, (bool, np.bool_)):
+        return "bool"
+    if issubclass(t, numbers.Integral):
+        return "int"
+    if issubclass(t, numbers.Real):
+        return "float"
+    return t.__name__
+
+
+def _first_of(values, index, test):
+    """(index label, value) of the first value for which ``test(value)`` holds."""
+    for pos, v in enumerate(values):
+        if test(v):
+            return index[pos], v
+    return None, None
+
+
+def _check_missing(series, column, what, noun, name, fix):
     missing = series.isna().to_numpy()
     if missing.any():
-        first = dataset.index[np.flatnonzero(missing)[0]]
+        first = series.index[np.flatnonzero(missing)[0]]
         raise DataError(
-            f"Target column '{target}' in '{name}' has {int(missing.sum())} missing label(s); "
-            f"the first is at row {first!r}. Drop those rows or label them.")
+            f"{what} column '{column}' in '{name}' has {int(missing.sum())} missing {noun}(s) "
+            f"(NaN, None or NA); the first is at row {first!r}. {fix}")
+
+
+def check_labels(dataset, target, name="dataset", allow_bool=False):
+    """Return the target column as a numpy array of usable labels.
+
+    Labels are strings or integers (floats with integer values count as
+    integers); with ``allow_bool`` a column of booleans is kept as booleans.
+    Missing labels, unhashable or other values (lists, tuples, dicts...),
+    complex numbers, and columns mixing kinds (str with numbers, bool with
+    numbers: ``True == 1`` would merge two classes) are refused.
+    """
+    series = dataset[target]
+    _check_missing(series, target, "Target", "label", name, "Drop those rows or label them.")
     values = series.to_numpy()
-    kinds = {type(v).__name__ for v in values[:1000]}
-    if series.dtype == object and len({("str" if isinstance(v, str) else "num")
-                                       for v in values}) > 1:
+    if values.dtype == object:
+        types = {type(v) for v in values}
+    else:
+        types = {values.dtype.type}
+    kinds = {_kind(t) for t in types}
+    odd = kinds - {"str", "bool", "int", "float"}
+    if odd:
+        at, v = _first_of(values, series.index, lambda v: _kind(type(v)) in odd)
         raise DataError(
-            f"Target column '{target}' mixes strings and numbers ({', '.join(sorted(kinds))}); "
-            "use one type for all labels.")
+            f"Target column '{target}' in '{name}' holds {type(v).__name__} values (the first "
+            f"at row {at!r}: {v!r:.60}); labels must be strings or integers. Turn each label "
+            "into one string or integer first.")
+    if "bool" in kinds and not allow_bool:
+        raise DataError(
+            f"Target column '{target}' in '{name}' holds booleans (True/False); this task's "
+            "labels are strings or integers. Convert them first, e.g. "
+            f"{name}['{target}'].astype(int) or .map({{True: 'yes', False: 'no'}}).")
+    if len(kinds - {"int", "float"}) + (1 if kinds & {"int", "float"} else 0) > 1:
+        raise DataError(
+            f"Target column '{target}' in '{name}' mixes {', '.join(sorted(kinds))} labels; use "
+            f"one type for all labels (e.g. {name}['{target}'].astype(str)). Mixed kinds can "
+            "also merge classes: True == 1 in Python.")
+    return values
+
+
+def check_session_ids(dataset, column, name="dataset"):
+    """Return the session column as a numpy array of usable ids.
+
+    Ids must be present, hashable and of one kind: ``0``, ``0.0`` and ``False``
+    are equal in Python, so a column mixing kinds would silently merge
+    sessions; it is refused.
+    """
+    series = dataset[column]
+    _check_missing(series, column, "Session", "session id", name,
+                   "Every row needs a session id: drop those rows or fill them in.")
+    values = series.to_numpy()
+    if values.dtype != object:
+        return values
+    types = {type(v) for v in values}
+    for t in types:
+        example = _first_of(values, series.index, lambda v: type(v) is t)
+        try:
+            hash(example[1])
+        except TypeError:
+            raise DataError(
+                f"Session column '{column}' in '{name}' holds {t.__name__} values (the first "
+                f"at row {example[0]!r}: {example[1]!r:.60}); a session id must be a single "
+                "value such as a str or an int.") from None
+    kinds = {_kind(t) for t in types}
+    if len(kinds) > 1:
+        raise DataError(
+            f"Session column '{column}' in '{name}' mixes {', '.join(sorted(kinds))} ids; ids "
+            "of different kinds can compare equal (0 == 0.0 == False) and their sessions would "
+            f"be merged. Use one type, e.g. {name}['{column}'].astype(str).")
     return values
 
 
@@ -143,14 +306,16 @@ def check_validation_set(value):
 
 
 def norm_label(value):
-    """A label as stored in model files: int for numbers, str otherwise."""
-    if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool):
+    """A label as stored in model files: bool for booleans, int for numbers, str otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer, float, np.floating)):
         return int(value)
     return value if isinstance(value, str) else str(value)
 
 
 def encode_labels(y, target):
-    """Sorted class list of JSON-typed labels (str or int)."""
+    """Sorted class list of JSON-typed labels (str, int, or bool)."""
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
         raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
                         "strings or integers.")
@@ -189,11 +354,16 @@ class StateCheck:
                 self.bad(key, "is missing")
         return self
 
-    def classes(self, key="classes", minimum=2):
+    def classes(self, key="classes", minimum=2, allow_bool=False):
+        """Labels: str and int (not bool), or, with ``allow_bool``, all bool."""
         classes = self.state[key]
-        if not (isinstance(classes, list) and len(classes) >= minimum and all(
-                isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
-            self.bad(key, f"is not a list of at least {minimum} label(s) (str or int)")
+        plain = isinstance(classes, list) and all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)
+        bools = allow_bool and isinstance(classes, list) and all(
+            isinstance(c, bool) for c in classes)
+        if not ((plain or bools) and len(classes) >= minimum):
+            kinds = "str or int, or all bool" if allow_bool else "str or int"
+            self.bad(key, f"is not a list of at least {minimum} label(s) ({kinds})")
         if len(set(classes)) != len(classes):
             self.bad(key, "has duplicated labels")
         return self

@@ -17,6 +17,12 @@ class ModelFileError(ToolkitError, ValueError):
     """A model file cannot be read or written."""
 
 
+class ModelFileWriteError(ModelFileError, OSError):
+    """A model file, checkpoint or export cannot be written: no permission, a full disk,
+    a read-only file system. The message names the user's path and the reason; any
+    earlier file at that path is left intact. ``errno`` is the operating system's."""
+
+
 class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
     """The path given to ``load_model`` does not exist or is not a file."""
 

@@ -19,8 +19,7 @@ from ..errors import ToolkitWarning
 from .._model import Model
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
-from ..errors import (DataError, InvalidParameterError,
-                      WeightsMismatchError)
+from ..errors import DataError, WeightsMismatchError
 from . import _data, _export, _net, _train
 from ._data import WINDOWS_PER_CHUNK
 
@@ -123,7 +122,7 @@ class ActivityClassifier(Model):
         cols = [s["session_id"]] + s["features"] + ([s["target"]] if need_target else [])
         V.check_columns_exist(dataset, cols, "the model's columns", name)
         values = V.numeric_features(dataset, s["features"], name)
-        sessions = _data.Sessions(dataset[s["session_id"]].to_numpy())
+        sessions = _data.Sessions(V.check_session_ids(dataset, s["session_id"], name))
         values = (values[sessions.order] - np.asarray(s["feature_mean"], np.float32)) \
             / np.asarray(s["feature_std"], np.float32)
         return values, sessions
@@ -292,7 +291,9 @@ class ActivityClassifier(Model):
         """
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [self._state["target"]], "target")
-        y = V.check_labels(dataset, self._state["target"])
+        y = np.array([V.norm_label(v) for v in
+                      V.check_labels(dataset, self._state["target"], allow_bool=True)],
+                     dtype=object)
         per_row, _ = self._per_row_probs(dataset)
         return classifier_metrics(y, per_row, self._state["classes"], metric)
 
@@ -334,7 +335,7 @@ class ActivityClassifier(Model):
         seed = V.check_seed(random_seed)
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [s["target"]], "target")
-        y = V.check_labels(dataset, s["target"])
+        y = V.check_labels(dataset, s["target"], allow_bool=True)
         index = {c: i for i, c in enumerate(s["classes"])}
         labels = [V.norm_label(v) for v in y]
         unseen = sorted({str(v) for v in labels if v not in index})
@@ -379,7 +380,7 @@ def _check_state(state):
     feats = state["features"]
     if not (isinstance(feats, list) and feats and all(isinstance(f, str) for f in feats)):
         check.bad("features", "is not a non-empty list of column names")
-    check.classes(minimum=2).column_names("target", "session_id")
+    check.classes(minimum=2, allow_bool=True).column_names("target", "session_id")
     pw = state["prediction_window"]
     if not (isinstance(pw, int) and not isinstance(pw, bool) and 1 <= pw <= 400):
         check.bad("prediction_window", f"is {pw!r}, not an int in [1, 400]")
@@ -429,10 +430,18 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     session_id : str
         Column naming the recording session of each row.
     target : str
-        Column holding the activity label of each row (str or int).
+        Column holding the activity label of each row: str or int (floats
+        with integer values count as ints), or bool (then ``model.classes``
+        is ``[False, True]`` and predictions are booleans, as in
+        scikit-learn; Core ML and ONNX exports label them ``'False'`` and
+        ``'True'``). Labels of mixed kinds, lists and other values are
+        refused.
     features : list of str, optional
-        Numeric columns to use; ``None`` means every column but ``session_id``
-        and ``target``.
+        Numeric (real) columns to use, each once; ``None`` means every column
+        but ``session_id`` and ``target`` (their names must then be str).
+        Session ids must be present (no NaN/None) and of one kind (all str or
+        all int, ...): ``0``, ``0.0`` and ``False`` are equal in Python and
+        would merge sessions, so such a column is refused.
     prediction_window : int, default 100
         Rows per prediction (window), in [1, 400].
     validation_set : 'auto', pandas.DataFrame or None
@@ -440,12 +449,14 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
         sessions, otherwise trains without validation (and says so). The
         validation set is reported on, not used to pick weights.
     max_iterations : int, optional
-        Epochs (passes over the training sessions). ``None`` (the default) picks
+        Epochs (passes over the training sessions). ``None`` (the default) or
+        ``0`` (Turi Create's "automatic", as in every task here) picks
         enough epochs for about 720 optimizer steps, between 10 and 300: small
         data sets need many passes (on the watch data, 84 sessions, that is 180
         epochs, about 20 s on 2 cores); large ones few. Turi Create's fixed 10 left
         small data sets undertrained. The returned weights are the average of the
-        weights after each epoch of the second half of training.
+        weights after each epoch of the second half of training. When resuming,
+        automatic means the checkpoint's value.
     batch_size : int, default 32
         Chunks of 20 windows per training step.
     verbose : bool, default True
@@ -503,6 +514,7 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     V.check_dataframe(dataset)
     V.check_column_name(session_id, "session_id")
     V.check_column_name(target, "target")
+    V.check_distinct({"session_id": session_id, "target": target})
     V.check_columns_exist(dataset, [session_id], "session_id")
     V.check_columns_exist(dataset, [target], "target")
     if features is None:
@@ -510,20 +522,14 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
         if not features:
             raise DataError("The dataset has no feature columns besides "
                             f"'{session_id}' and '{target}'.")
+        V.check_str_columns(features)
+        features = list(dict.fromkeys(features))
     else:
-        if isinstance(features, str) or not all(isinstance(f, str) for f in features):
-            raise InvalidParameterError(
-                f"'features' must be a list of column names (str), got {features!r}.")
-        features = list(features)
-        if not features:
-            raise InvalidParameterError("'features' is an empty list; give at least one column.")
-        if session_id in features or target in features:
-            raise InvalidParameterError(
-                "'features' must not contain the session or target column.")
+        features = V.check_column_list(features, "features",
+                                       {"session_id": session_id, "target": target})
     V.check_columns_exist(dataset, features, "features")
     prediction_window = V.check_int(prediction_window, "prediction_window", 1, 400)
-    if max_iterations is not None:
-        max_iterations = V.check_int(max_iterations, "max_iterations", 0)
+    max_iterations = V.check_max_iterations(max_iterations)
     batch_size = V.check_int(batch_size, "batch_size", 1)
     verbose = V.check_bool(verbose, "verbose")
     random_seed = V.check_seed(random_seed)
@@ -538,7 +544,7 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     mx().random.seed(seed)
 
     say(f"Pre-processing {len(dataset)} samples...", verbose)
-    y = V.check_labels(dataset, target)
+    y = V.check_labels(dataset, target, allow_bool=True)
     values = V.numeric_features(dataset, features)
     classes = V.encode_labels(y, target)
     if len(classes) < 2:
@@ -546,7 +552,7 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
                         "a classifier needs at least two.")
     class_index = {c: i for i, c in enumerate(classes)}
     label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
-    sessions = _data.Sessions(dataset[session_id].to_numpy())
+    sessions = _data.Sessions(V.check_session_ids(dataset, session_id))
     values, label_ids = values[sessions.order], label_ids[sessions.order]
     data_fingerprint = None
     if checkpoint_path is not None or resume is not None:
@@ -591,6 +597,11 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
         "num_examples": int(len(dataset)), "num_sessions": int(len(sessions)),
         "num_classes": len(classes), "num_features": len(features),
     }
+    if max_iterations is None and resume is not None:
+        # 'Automatic' resumes with the checkpoint's choice: recomputing it could
+        # give another number (other data) and refuse a resume the user did not
+        # constrain.
+        max_iterations = resume.setting("max_iterations")
     if max_iterations is None:
         train_windows = -(-sessions.lengths[train_mask] // prediction_window)
         max_iterations = _train.auto_iterations(
@@ -637,7 +648,7 @@ def _prepare_validation(frame, session_id, target, features, class_index, mean, 
     name = "validation_set"
     V.check_dataframe(frame, name)
     V.check_columns_exist(frame, [session_id, target] + features, "validation_set", name)
-    y = V.check_labels(frame, target, name)
+    y = V.check_labels(frame, target, name, allow_bool=True)
     known = np.array([V.norm_label(v) in class_index for v in y], bool)
     if not known.all():
         unseen = sorted({str(v) for v in y[~known]})
@@ -650,7 +661,7 @@ def _prepare_validation(frame, session_id, target, features, class_index, mean, 
             return None
     values = V.numeric_features(frame, features, name)
     ids = np.array([class_index[V.norm_label(v)] for v in y], np.int64)
-    sessions = _data.Sessions(frame[session_id].to_numpy())
+    sessions = _data.Sessions(V.check_session_ids(frame, session_id, name))
     values = (values[sessions.order] - mean) / std
     return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index))
 
