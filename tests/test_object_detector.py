@@ -16,7 +16,8 @@ import pytest
 import toolkit as tc
 from toolkit import _model_file
 from toolkit.errors import ToolkitWarning
-from toolkit.errors import ColumnNotFoundError, DataError, InvalidParameterError
+from toolkit.errors import (ColumnNotFoundError, CorruptModelFileError, DataError,
+                            InvalidParameterError)
 from toolkit.object_detector import _detection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -363,6 +364,20 @@ def test_frozen_v1_fixture_reproduces_recorded_outputs():
             [[d["coordinates"][k] for k in ("x", "y", "width", "height")] for d in e],
             np.array([[d["coordinates"][k] for k in ("x", "y", "width", "height")]
                       for d in g]).reshape(-1, 4), atol=1e-3)
+
+
+def test_damaged_stored_state_is_refused_naming_the_field():
+    folder = os.path.join(ROOT, "tests", "fixtures", "object_detector", "v1")
+    state, weights = tc.load_model(os.path.join(folder, "model.model"))._get_state()
+    edits = {"classes": [state["classes"][0]] * 2, "model": "yolo-9000",
+             "anchors": [[1.0, -2.0]], "grid_shape": [13, 13],
+             "input_image_shape": [3, 416, 416], "non_maximum_suppression_threshold": 1.5}
+    for key, value in edits.items():
+        with pytest.raises(CorruptModelFileError, match=f"object detector.*'{key}'"):
+            tc.object_detector.ObjectDetector._from_state(dict(state, **{key: value}), weights)
+    missing = {k: v for k, v in state.items() if k != "annotations"}
+    with pytest.raises(CorruptModelFileError, match="'annotations' is missing"):
+        tc.object_detector.ObjectDetector._from_state(missing, weights)
 
 
 def test_trains_and_predicts_from_image_files(tmp_path, model):
