@@ -1,9 +1,12 @@
 """Object detector: generated scenes, create/predict/evaluate, pycocotools agreement,
 save/load, bad input, drawing, the quokka photo and the frozen v1 fixture."""
 
+import ast
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -13,7 +16,8 @@ import pytest
 import toolkit as tc
 from toolkit import _model_file
 from toolkit.errors import ToolkitWarning
-from toolkit.errors import ColumnNotFoundError, DataError, InvalidParameterError
+from toolkit.errors import (ColumnNotFoundError, CorruptModelFileError, DataError,
+                            InvalidParameterError)
 from toolkit.object_detector import _detection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -362,6 +366,20 @@ def test_frozen_v1_fixture_reproduces_recorded_outputs():
                       for d in g]).reshape(-1, 4), atol=1e-3)
 
 
+def test_damaged_stored_state_is_refused_naming_the_field():
+    folder = os.path.join(ROOT, "tests", "fixtures", "object_detector", "v1")
+    state, weights = tc.load_model(os.path.join(folder, "model.model"))._get_state()
+    edits = {"classes": [state["classes"][0]] * 2, "model": "yolo-9000",
+             "anchors": [[1.0, -2.0]], "grid_shape": [13, 13],
+             "input_image_shape": [3, 416, 416], "non_maximum_suppression_threshold": 1.5}
+    for key, value in edits.items():
+        with pytest.raises(CorruptModelFileError, match=f"object detector.*'{key}'"):
+            tc.object_detector.ObjectDetector._from_state(dict(state, **{key: value}), weights)
+    missing = {k: v for k, v in state.items() if k != "annotations"}
+    with pytest.raises(CorruptModelFileError, match="'annotations' is missing"):
+        tc.object_detector.ObjectDetector._from_state(missing, weights)
+
+
 def test_trains_and_predicts_from_image_files(tmp_path, model):
     files = tc.datasets.detection_scenes(6, random_seed=4, directory=str(tmp_path))
     assert isinstance(files.image[0], str) and files.image[0].endswith(".png")
@@ -372,3 +390,34 @@ def test_trains_and_predicts_from_image_files(tmp_path, model):
     by_array = model.predict(arrays, confidence_threshold=0.1)
     assert [[d["label"] for d in p] for p in by_path] == \
         [[d["label"] for d in p] for p in by_array]
+
+
+# --- package layout -------------------------------------------------------------------------
+
+def _sibling_imports(path):
+    """Modules of the same package that the module at ``path`` imports (any nesting)."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+    return found
+
+
+def test_package_imports_run_one_way_and_not_into_other_tasks():
+    package = os.path.join(ROOT, "toolkit", "object_detector")
+    graph = {name[:-3]: _sibling_imports(os.path.join(package, name))
+             for name in os.listdir(package) if name.endswith(".py")}
+    # No circle: repeatedly drop the modules that import nothing left.
+    left = dict(graph)
+    while left:
+        leaves = [m for m, deps in left.items() if not deps & set(left)]
+        assert leaves, f"import circle among {sorted(left)}"
+        for m in leaves:
+            del left[m]
+    for exporter in ("_export", "_onnx_export"):
+        assert not graph[exporter] & {"_model", "_train", "_data"}, graph[exporter]
+    assert not graph["_net"] & {"_model", "_train", "_data", "_export", "_onnx_export"}
+    code = ("import sys, toolkit.object_detector as od, toolkit.object_detector._train, "
+            "toolkit.object_detector._onnx_export; "
+            "sys.exit('toolkit.image_classifier' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

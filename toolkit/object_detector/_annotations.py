@@ -15,7 +15,7 @@ VALID_ANNOTATION = (
     "objects) or a single one.")
 
 
-def _is_number(v):
+def is_number(v):
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
         v, (bool, np.bool_)) and math.isfinite(float(v))
 
@@ -34,7 +34,7 @@ def _bad_instance(inst):
         return f"'coordinates' has keys {sorted(map(str, keys))}, missing " \
                f"{sorted({'x', 'y', 'width', 'height'} - keys)}"
     for k in ("x", "y", "width", "height"):
-        if not _is_number(coords[k]):
+        if not is_number(coords[k]):
             return f"coordinate '{k}' is {coords[k]!r}, not a finite number"
     if coords["width"] <= 0 or coords["height"] <= 0:
         return (f"zero or negative box size (width {coords['width']}, height "
@@ -83,6 +83,11 @@ def parse_column(series, column, name="dataset"):
     return rows
 
 
+def new_counters():
+    """The counters :func:`to_boxes` fills and :func:`warn_counters` reports."""
+    return {"clipped": 0, "dropped": 0, "unknown": 0}
+
+
 def to_boxes(instances, size, class_index, counters):
     """Instances of one image -> float array (K, 5): class, relative x, y, w, h (clipped).
 
@@ -91,7 +96,7 @@ def to_boxes(instances, size, class_index, counters):
     reaching outside the image are clipped (``counters['clipped']``), and
     dropped when nothing is left (``counters['dropped']``).
     """
-    W, H = size
+    width, height = size
     out = []
     for inst in instances:
         lab = inst["label"]
@@ -102,18 +107,19 @@ def to_boxes(instances, size, class_index, counters):
         c = inst["coordinates"]
         x0, y0 = c["x"] - c["width"] / 2.0, c["y"] - c["height"] / 2.0
         x1, y1 = x0 + c["width"], y0 + c["height"]
-        cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, W), min(y1, H)
+        cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height)
         if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
             counters["clipped"] += 1
-        if cx1 - cx0 < 1e-3 * W or cy1 - cy0 < 1e-3 * H:
+        if cx1 - cx0 < 1e-3 * width or cy1 - cy0 < 1e-3 * height:
             counters["dropped"] += 1
             continue
-        out.append([class_index[lab], (cx0 + cx1) / 2 / W, (cy0 + cy1) / 2 / H,
-                    (cx1 - cx0) / W, (cy1 - cy0) / H])
+        out.append([class_index[lab], (cx0 + cx1) / 2 / width, (cy0 + cy1) / 2 / height,
+                    (cx1 - cx0) / width, (cy1 - cy0) / height])
     return np.asarray(out, np.float64).reshape(-1, 5)
 
 
 def warn_counters(counters, column):
+    """Warn once per kind about the boxes :func:`to_boxes` clipped, dropped or ignored."""
     if counters["clipped"]:
         warnings.warn(
             f"{counters['clipped']} box(es) in column '{column}' reach outside their image and "
@@ -124,3 +130,10 @@ def warn_counters(counters, column):
         warnings.warn(
             f"{counters['unknown']} object(s) in column '{column}' have labels not in "
             "'classes' and were ignored.", ToolkitWarning, stacklevel=3)
+
+
+def to_pixels(boxes, size):
+    """:func:`to_boxes`' relative rows (K, 5) -> class, x, y, width, height in pixels."""
+    width, height = size
+    return np.column_stack([boxes[:, 0], boxes[:, 1] * width, boxes[:, 2] * height,
+                            boxes[:, 3] * width, boxes[:, 4] * height])

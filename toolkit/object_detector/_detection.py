@@ -8,6 +8,10 @@ pixel boxes.
 import numpy as np
 
 MAX_DETECTIONS = 100
+#: ``predict``'s and the exports' default thresholds (the IoU one is stored in each
+#: model as ``non_maximum_suppression_threshold``).
+DEFAULT_CONFIDENCE_THRESHOLD = 0.25
+DEFAULT_IOU_THRESHOLD = 0.45
 #: The IoU thresholds of COCO's AP@[0.5:0.95] and its 101 recall points.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -25,15 +29,14 @@ def decode(raw, anchors, num_classes):
     ``coords`` are relative centre x, y, width, height.
     """
     anchors = np.asarray(anchors, np.float64)
-    A = len(anchors)
-    G = raw.shape[-1]
-    r = raw.astype(np.float64).reshape(A, 5 + num_classes, G, G)
-    cols = np.arange(G)[None, None, :]
-    rows = np.arange(G)[None, :, None]
-    x = (cols + _sigmoid(r[:, 0])) / G
-    y = (rows + _sigmoid(r[:, 1])) / G
-    w = np.exp(r[:, 2]) * anchors[:, 0, None, None] / G
-    h = np.exp(r[:, 3]) * anchors[:, 1, None, None] / G
+    grid = raw.shape[-1]
+    r = raw.astype(np.float64).reshape(len(anchors), 5 + num_classes, grid, grid)
+    cols = np.arange(grid)[None, None, :]
+    rows = np.arange(grid)[None, :, None]
+    x = (cols + _sigmoid(r[:, 0])) / grid
+    y = (rows + _sigmoid(r[:, 1])) / grid
+    w = np.exp(r[:, 2]) * anchors[:, 0, None, None] / grid
+    h = np.exp(r[:, 3]) * anchors[:, 1, None, None] / grid
     obj = _sigmoid(r[:, 4])
     logits = r[:, 5:]
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -92,6 +95,36 @@ def clip_relative(coords):
     return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=1)
 
 
+def detect(raw, size, anchors, classes, confidence_threshold, iou_threshold):
+    """One image's raw head output -> ``predict``'s annotation list (pixels), best first.
+
+    ``size`` is the original image's (width, height); boxes are clipped to
+    the image and those left without area are dropped.
+    """
+    coords, conf = decode(raw, anchors, len(classes))
+    keep = non_maximum_suppression(coords, conf, iou_threshold, confidence_threshold)
+    width, height = size
+    boxes = clip_relative(coords[keep]) if len(keep) else np.zeros((0, 4))
+    out = []
+    for k, b in zip(keep, boxes):
+        c = int(np.argmax(conf[k]))
+        if b[2] <= 0 or b[3] <= 0:
+            continue
+        out.append({"label": classes[c], "type": "rectangle",
+                    "coordinates": {"x": float(b[0] * width), "y": float(b[1] * height),
+                                    "width": float(b[2] * width),
+                                    "height": float(b[3] * height)},
+                    "confidence": float(conf[k, c])})
+    return out
+
+
+def as_rows(detections, class_index):
+    """``detect``'s annotation list -> (K, 6) class index, x, y, width, height, confidence."""
+    return np.array([[class_index[d["label"]], d["coordinates"]["x"], d["coordinates"]["y"],
+                      d["coordinates"]["width"], d["coordinates"]["height"], d["confidence"]]
+                     for d in detections]).reshape(-1, 6)
+
+
 # --- mean average precision (COCO's algorithm) ---------------------------------------------
 
 def _xywh_corner(boxes):
@@ -125,13 +158,14 @@ def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THR
     and ``maxDets=100``. Returns ``(T, C)`` AP values, NaN for a class
     without ground truth.
     """
-    C, T = len(classes), len(iou_thresholds)
-    scores = [[[] for _ in range(T)] for _ in range(C)]   # per class/threshold: (score, tp)
-    n_gt = np.zeros(C, np.int64)
+    num_classes, num_thresholds = len(classes), len(iou_thresholds)
+    # Per class and threshold: (score, true positive) rows.
+    scores = [[[] for _ in range(num_thresholds)] for _ in range(num_classes)]
+    n_gt = np.zeros(num_classes, np.int64)
     for gts, dts in zip(ground_truth, predictions):
         gts = np.asarray(gts, np.float64).reshape(-1, 5)
         dts = np.asarray(dts, np.float64).reshape(-1, 6)
-        for c in range(C):
+        for c in range(num_classes):
             g = gts[gts[:, 0] == c]
             d = dts[dts[:, 0] == c]
             n_gt[c] += len(g)
@@ -139,7 +173,7 @@ def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THR
                 continue
             d = d[np.argsort(-d[:, 5], kind="mergesort")][:MAX_DETECTIONS]
             if len(g) == 0:
-                for t in range(T):
+                for t in range(num_thresholds):
                     scores[c][t].append(np.stack([d[:, 5], np.zeros(len(d))], axis=1))
                 continue
             ious = _iou_corner(_xywh_corner(d[:, 1:5]), _xywh_corner(g[:, 1:5]))
@@ -156,11 +190,11 @@ def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THR
                         taken[m] = True
                         tp[i] = 1
                 scores[c][t].append(np.stack([d[:, 5], tp], axis=1))
-    ap = np.full((T, C), np.nan)
-    for c in range(C):
+    ap = np.full((num_thresholds, num_classes), np.nan)
+    for c in range(num_classes):
         if n_gt[c] == 0:
             continue
-        for t in range(T):
+        for t in range(num_thresholds):
             if not scores[c][t]:
                 ap[t, c] = 0.0
                 continue

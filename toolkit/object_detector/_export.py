@@ -36,24 +36,34 @@ import numpy as np
 from .. import _coreml
 from .._mx import get_weights
 from ..errors import ExportError, InvalidParameterError
-from .. import _validate as V
 from ..pretrained import _coreml_writer
 from . import _net
 
-TASK_TITLE = "Object detector"
+#: The image column may not take these names (the model's other inputs and outputs).
+RESERVED_NAMES = ("confidence", "coordinates", "raw_confidence", "raw_coordinates",
+                  "iouThreshold", "confidenceThreshold")
 
 
-def _conv(b, name, W, bias, x, kernel=1, pad=0, stride=1):
+def _conv(b, name, weight, bias, x, kernel=1, pad=0, stride=1):
     """Convolution with weights (cout, cin, k, k) and bias (cout,)."""
-    cout, cin = W.shape[:2]
+    cout, cin = weight.shape[:2]
     b.add_convolution(name, kernel_channels=cin, output_channels=cout, height=kernel,
                       width=kernel, stride_height=stride, stride_width=stride,
                       border_mode="valid",
-                      groups=1, W=np.ascontiguousarray(W.transpose(2, 3, 1, 0)),
+                      groups=1, W=np.ascontiguousarray(weight.transpose(2, 3, 1, 0)),
                       b=np.asarray(bias, np.float32), has_bias=True, input_name=x,
                       output_name=name, padding_top=pad, padding_bottom=pad, padding_left=pad,
                       padding_right=pad)
     return name
+
+
+def _head_conv(b, w, layer, x, output=None, **kwargs):
+    """The head layer ``layer``'s convolution, then LeakyReLU(0.1); returns the output's name."""
+    name = f"head_{layer}"
+    output = output or f"{name}_leaky"
+    _conv(b, name, w[_net.head_weight(layer)], w[_net.head_weight(layer, "bias")], x, **kwargs)
+    b.add_activation(f"{name}_leaky", "LEAKYRELU", name, output, params=[0.1])
+    return output
 
 
 def build_network(model, conf_name, coord_name):
@@ -62,68 +72,82 @@ def build_network(model, conf_name, coord_name):
     datatypes = ct.models.datatypes
     s = model._state
     feature = str(s["feature"])
-    A, C, G = len(s["anchors"]), len(s["classes"]), _net.GRID
-    N = A * G * G
-    anchors = np.asarray(s["anchors"], np.float32)
-    w = get_weights(model._net)
+    num_anchors, num_classes, grid = len(s["anchors"]), len(s["classes"]), _net.GRID
+    num_boxes = num_anchors * grid * grid
     size = _net.IMAGE_SIZE
     b = ct.models.neural_network.NeuralNetworkBuilder(
         [(feature, datatypes.Array(3, size, size))],
-        [(conf_name, datatypes.Array(N, C)), (coord_name, datatypes.Array(N, 4))])
+        [(conf_name, datatypes.Array(num_boxes, num_classes)),
+         (coord_name, datatypes.Array(num_boxes, 4))])
+    w = get_weights(model._net)
     x, _, fine = _coreml_writer.write_backbone(b, w, feature, fine_block=_net.FINE_BLOCK)
-    x = _conv(b, "head_conv1", w["head.conv1.weight"], w["head.conv1.bias"], x)
-    b.add_activation("head_conv1_leaky", "LEAKYRELU", x, "head_conv1_leaky", params=[0.1])
-    y = _conv(b, "head_fine", w["head.fine.weight"], w["head.fine.bias"], fine, kernel=3,
-              pad=1, stride=2)
-    b.add_activation("head_fine_leaky", "LEAKYRELU", y, "head_fine_leaky", params=[0.1])
-    b.add_elementwise("head_concat", input_names=["head_conv1_leaky", "head_fine_leaky"],
-                      output_name="head_concat", mode="CONCAT")
-    x = _conv(b, "head_conv2", w["head.conv2.weight"], w["head.conv2.bias"],
-              "head_concat", kernel=3, pad=1)
-    b.add_activation("head_conv2_leaky", "LEAKYRELU", x, "hidden", params=[0.1])
-    Wo, bo = w["head.out.weight"], w["head.out.bias"]
-    rows = lambda k: [a * (5 + C) + k for a in range(A)]  # noqa: E731
+    coarse = _head_conv(b, w, "conv1", x)
+    fine = _head_conv(b, w, "fine", fine, kernel=3, pad=1, stride=2)
+    b.add_elementwise("head_concat", input_names=[coarse, fine], output_name="head_concat",
+                      mode="CONCAT")
+    hidden = _head_conv(b, w, "conv2", "head_concat", output="hidden", kernel=3, pad=1)
+    out = (w[_net.head_weight("out")], w[_net.head_weight("out", "bias")])
+    _write_boxes(b, out, hidden, np.asarray(s["anchors"], np.float32), num_classes, coord_name)
+    _write_confidence(b, out, hidden, num_anchors, num_classes, conf_name)
+    _coreml_writer.set_image_input(b, feature)
+    return b.spec
+
+
+def _write_boxes(b, out, hidden, anchors, num_classes, coord_name):
+    """Decoded boxes (relative centre x, y, width, height), one row per box."""
+    weight, bias = out
+    num_anchors, grid = len(anchors), _net.GRID
+    rows = lambda k: [a * (5 + num_classes) + k for a in range(num_anchors)]  # noqa: E731
     # Box centres: (cell + sigmoid(t)) / G.
     xy = rows(0) + rows(1)
-    _conv(b, "out_xy", Wo[xy], bo[xy], "hidden")
+    _conv(b, "out_xy", weight[xy], bias[xy], hidden)
     b.add_activation("out_xy_sigmoid", "SIGMOID", "out_xy", "out_xy_sigmoid")
-    offset = np.zeros((2 * A, G, G), np.float32)
-    offset[:A] = np.arange(G)[None, None, :] / G
-    offset[A:] = np.arange(G)[None, :, None] / G
-    b.add_scale("xy", W=np.array([1.0 / G], np.float32), b=offset, has_bias=True,
+    offset = np.zeros((2 * num_anchors, grid, grid), np.float32)
+    offset[:num_anchors] = np.arange(grid)[None, None, :] / grid
+    offset[num_anchors:] = np.arange(grid)[None, :, None] / grid
+    b.add_scale("xy", W=np.array([1.0 / grid], np.float32), b=offset, has_bias=True,
                 input_name="out_xy_sigmoid", output_name="xy", shape_scale=[1],
-                shape_bias=[2 * A, G, G])
+                shape_bias=[2 * num_anchors, grid, grid])
     # Box sizes: exp(t) * anchor / G.
     wh = rows(2) + rows(3)
-    _conv(b, "out_wh", Wo[wh], bo[wh], "hidden")
+    _conv(b, "out_wh", weight[wh], bias[wh], hidden)
     b.add_unary("out_wh_exp", "out_wh", "out_wh_exp", mode="exp")
-    b.add_scale("wh", W=np.concatenate([anchors[:, 0], anchors[:, 1]]).reshape(2 * A, 1, 1) / G,
+    b.add_scale("wh", W=np.concatenate([anchors[:, 0], anchors[:, 1]]).reshape(
+                    2 * num_anchors, 1, 1) / grid,
                 b=None, has_bias=False, input_name="out_wh_exp", output_name="wh",
-                shape_scale=[2 * A, 1, 1])
+                shape_scale=[2 * num_anchors, 1, 1])
     b.add_elementwise("boxes", input_names=["xy", "wh"], output_name="boxes", mode="CONCAT")
     # (4A, G, G), channel k*A + a -> (4, N, 1) -> (N, 4, 1): row n = a*G*G + cell.
-    b.add_reshape("boxes_flat", "boxes", "boxes_flat", target_shape=(1, 4, N, 1), mode=0)
+    b.add_reshape("boxes_flat", "boxes", "boxes_flat",
+                  target_shape=(1, 4, num_anchors * grid * grid, 1), mode=0)
     b.add_permute("boxes_perm", dim=(0, 2, 1, 3), input_name="boxes_flat",
                   output_name=coord_name)
-    # Class confidence per anchor: sigmoid(objectness) * softmax(class logits).
+
+
+def _write_confidence(b, out, hidden, num_anchors, num_classes, conf_name):
+    """Class confidence per box: sigmoid(objectness) * softmax(class logits)."""
+    weight, bias = out
+    grid = _net.GRID
     parts = []
-    for a in range(A):
-        base = a * (5 + C)
-        _conv(b, f"out_cls{a}", Wo[base + 5:base + 5 + C], bo[base + 5:base + 5 + C], "hidden")
+    for a in range(num_anchors):
+        base = a * (5 + num_classes)
+        cls = slice(base + 5, base + 5 + num_classes)
+        _conv(b, f"out_cls{a}", weight[cls], bias[cls], hidden)
         b.add_softmax(f"out_cls{a}_softmax", f"out_cls{a}", f"out_cls{a}_softmax")
-        _conv(b, f"out_obj{a}", Wo[[base + 4] * C], bo[[base + 4] * C], "hidden")
+        _conv(b, f"out_obj{a}", weight[[base + 4] * num_classes],
+              bias[[base + 4] * num_classes], hidden)
         b.add_activation(f"out_obj{a}_sigmoid", "SIGMOID", f"out_obj{a}", f"out_obj{a}_sigmoid")
         b.add_elementwise(f"conf{a}", input_names=[f"out_cls{a}_softmax", f"out_obj{a}_sigmoid"],
                           output_name=f"conf{a}", mode="MULTIPLY")
         parts.append(f"conf{a}")
     b.add_elementwise("conf", input_names=parts, output_name="conf", mode="CONCAT")
     # (A*C, G, G), channel a*C + c -> (A, C, G*G) -> (A, G*G, C) -> (N, C, 1).
-    b.add_reshape("conf_split", "conf", "conf_split", target_shape=(1, A, C, G * G), mode=0)
+    b.add_reshape("conf_split", "conf", "conf_split",
+                  target_shape=(1, num_anchors, num_classes, grid * grid), mode=0)
     b.add_permute("conf_perm", dim=(0, 1, 3, 2), input_name="conf_split",
                   output_name="conf_perm")
-    b.add_reshape("conf_rows", "conf_perm", conf_name, target_shape=(1, N, C, 1), mode=0)
-    _coreml_writer.set_image_input(b, feature)
-    return b.spec
+    b.add_reshape("conf_rows", "conf_perm", conf_name,
+                  target_shape=(1, num_anchors * grid * grid, num_classes, 1), mode=0)
 
 
 def export_coreml(model, path, include_non_maximum_suppression=True, iou_threshold=None,
@@ -167,24 +191,21 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
     if not isinstance(include_non_maximum_suppression, bool):
         raise InvalidParameterError("'include_non_maximum_suppression' must be True or False, "
                                     f"got {include_non_maximum_suppression!r}.")
-    iou = model._iou(iou_threshold)
-    conf_t = 0.25 if confidence_threshold is None else V.check_fraction(
-        confidence_threshold, "confidence_threshold")
+    iou, conf_t = model._thresholds(iou_threshold, confidence_threshold)
     s = model._state
     feature = str(s["feature"])
-    if feature in ("confidence", "coordinates", "raw_confidence", "raw_coordinates",
-                   "iouThreshold", "confidenceThreshold"):
+    if feature in RESERVED_NAMES:
         raise ExportError(f"Cannot export: the image column '{feature}' clashes with a Core ML "
                           "input/output name. Rename the image column and retrain.")
     ct = _coreml.coremltools_module()
-    C = len(s["classes"])
-    N = len(s["anchors"]) * _net.GRID ** 2
+    num_classes = len(s["classes"])
+    num_boxes = len(s["anchors"]) * _net.GRID ** 2
     try:
         if not include_non_maximum_suppression:
             spec = build_network(model, "confidence", "coordinates")
         else:
             nn_spec = build_network(model, "raw_confidence", "raw_coordinates")
-            spec = _pipeline(ct, nn_spec, feature, s["classes"], C, N, iou, conf_t)
+            spec = _pipeline(ct, nn_spec, s["classes"], num_classes, num_boxes, iou, conf_t)
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"Cannot build the Core ML model: {e}") from e
     _coreml.set_metadata(spec, model._TASK, model._FILE_VERSION, {
@@ -194,7 +215,7 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
         "include_non_maximum_suppression": include_non_maximum_suppression,
         "non_maximum_suppression_threshold": s["non_maximum_suppression_threshold"],
         "iou_threshold": iou, "confidence_threshold": conf_t,
-    }, task_title=TASK_TITLE + (" with non-maximum suppression"
+    }, task_title=_net.TASK_TITLE + (" with non-maximum suppression"
                                 if include_non_maximum_suppression else ""))
     desc = {feature: (f"Input image: RGB, {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE} (scale the photo "
                       "to fill; pixel values 0-255 are scaled by the model)"),
@@ -208,7 +229,7 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
     _coreml.save_spec(spec, full_path)
 
 
-def _pipeline(ct, nn_spec, feature, classes, C, N, iou, conf_t):
+def _pipeline(ct, nn_spec, classes, num_classes, num_boxes, iou, conf_t):
     pb = ct.proto.Model_pb2
     FT = ct.proto.FeatureTypes_pb2
     nn_spec.specificationVersion = 3
@@ -216,7 +237,8 @@ def _pipeline(ct, nn_spec, feature, classes, C, N, iou, conf_t):
         out.type.multiArrayType.dataType = FT.ArrayFeatureType.DOUBLE
     nms = pb.Model()
     nms.specificationVersion = 3
-    for name, shape in (("raw_confidence", (N, C)), ("raw_coordinates", (N, 4))):
+    for name, shape in (("raw_confidence", (num_boxes, num_classes)),
+                        ("raw_coordinates", (num_boxes, 4))):
         f = nms.description.input.add()
         f.name = name
         f.type.multiArrayType.dataType = FT.ArrayFeatureType.DOUBLE
@@ -226,12 +248,12 @@ def _pipeline(ct, nn_spec, feature, classes, C, N, iou, conf_t):
         f.name = name
         f.type.doubleType.SetInParent()
         f.type.isOptional = True
-    for name, width in (("confidence", C), ("coordinates", 4)):
+    for name, width in (("confidence", num_classes), ("coordinates", 4)):
         f = nms.description.output.add()
         f.name = name
         t = f.type.multiArrayType
         t.dataType = FT.ArrayFeatureType.DOUBLE
-        t.shape.extend([N, width])
+        t.shape.extend([num_boxes, width])
         r = t.shapeRange.sizeRanges.add()
         r.lowerBound, r.upperBound = 0, -1
         r = t.shapeRange.sizeRanges.add()

@@ -17,9 +17,13 @@ Output channel ``a * (5 + C) + k`` is, for anchor ``a``: k = 0, 1 ``tx, ty``
 (box centre offset in the cell, through a sigmoid), k = 2, 3 ``tw, th``
 (``exp(t) * anchor``), k = 4 the objectness logit, then C class logits.
 
-Weight names (structural): ``backbone.*`` (as in the image classifier, see
-:mod:`toolkit.pretrained._efficientnet`) and ``head.conv1.weight``,
-``head.conv1.bias``, ``head.fine.*``, ``head.conv2.*``, ``head.out.*``.
+Weight names (structural, as :func:`toolkit._mx.get_weights` derives them from
+the attributes ``backbone`` and ``head`` of ``ObjectDetectorNet``): ``backbone.*``
+(see :mod:`toolkit.pretrained._efficientnet`) and :func:`head_weight` of each of
+:data:`HEAD_LAYERS`, e.g. ``head.conv1.weight``, ``head.conv1.bias``. This
+module owns these names: training (checkpoints) and the exporters get them
+from :data:`BACKBONE`, :data:`HEAD`, :func:`head_weight`,
+:func:`join_weights` and :func:`head_weights`.
 """
 
 import numpy as np
@@ -46,7 +50,33 @@ INPUT_BIAS = _efficientnet.INPUT_BIAS
 DEFAULT_ANCHORS = ((0.7, 1.4), (1.0, 1.0), (1.4, 0.7), (1.4, 2.8), (2.0, 2.0), (2.8, 1.4),
                    (2.8, 5.6), (4.0, 4.0), (5.6, 2.8))
 
+#: Title of the task in exported models' descriptions.
+TASK_TITLE = "Object detector"
+#: Prefixes of the stored weight names: the attributes of ``ObjectDetectorNet``.
+BACKBONE = "backbone"
+HEAD = "head"
+#: The head's layers (attributes of ``DetectorHead``), each with a weight and a bias.
+HEAD_LAYERS = ("conv1", "fine", "conv2", "out")
+
 _CLASSES = None
+
+
+def head_weight(layer, kind="weight"):
+    """Stored name of a head layer's ``'weight'`` or ``'bias'``, e.g. ``head.conv1.weight``."""
+    return f"{HEAD}.{layer}.{kind}"
+
+
+def join_weights(backbone=None, head=None):
+    """One weight dict with stored names from the backbone's and the head's own names."""
+    out = {f"{BACKBONE}.{k}": v for k, v in (backbone or {}).items()}
+    out.update({f"{HEAD}.{k}": v for k, v in (head or {}).items()})
+    return out
+
+
+def head_weights(weights):
+    """The head's own weights (names without ``head.``) out of a stored weight dict."""
+    prefix = HEAD + "."
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def _classes():
@@ -176,6 +206,19 @@ def dropout_masks(rng, n):
     keep = (rng.random_sample((n, FEATURE_CHANNELS, GRID, GRID)) >= DROPOUT) * scale
     keep_fine = (rng.random_sample((n, FINE_CHANNELS, 2 * GRID, 2 * GRID)) >= DROPOUT) * scale
     return keep.astype(np.float32), keep_fine.astype(np.float32)
+
+
+def pretrained_backbone():
+    """The frozen EfficientNet-Lite0 backbone with its ImageNet weights (no classifier)."""
+    from ..pretrained import load_efficientnet_lite0
+    return _efficientnet.build(include_top=False, weights=load_efficientnet_lite0(),
+                               prefix="backbone_")
+
+
+def prepare(block, batch):
+    """Make ``block`` (a network taking images) fast for batches of ``batch`` images."""
+    sample = mx().nd.zeros((max(1, batch), 3, IMAGE_SIZE, IMAGE_SIZE))
+    return _efficientnet.prepare_for_inference(block, sample)
 
 
 def feature_map(backbone):

@@ -42,17 +42,14 @@ import numpy as np
 from .. import _onnx
 from .._mx import get_weights
 from ..errors import ExportError
-from .. import _validate as V
 from ..pretrained import _onnx_writer
 from . import _detection, _net
-from ._export import TASK_TITLE
 
 BATCH = "batch"
 KEPT = "boxes"
 INPUT_NAMES = ("iouThreshold", "confidenceThreshold")
 OUTPUT_NAMES = ("coordinates", "confidence", "score", "labelIndex", "label", "imageIndex",
                 "raw_coordinates", "raw_confidence")
-DEFAULT_CONFIDENCE_THRESHOLD = 0.25
 
 
 def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
@@ -176,9 +173,7 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     ``sess.run(None, {'image': x, 'confidenceThreshold': np.array(0.5, np.float32)})``.
     """
     full_path = _onnx.check_export_path(path)
-    iou = model._iou(iou_threshold)
-    conf_t = DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else \
-        V.check_fraction(confidence_threshold, "confidence_threshold")
+    iou, conf_t = model._thresholds(iou_threshold, confidence_threshold)
     _onnx.onnx_module()
 
     s = model._state
@@ -188,11 +183,9 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
             f"Cannot export: the image column '{feature}' clashes with an ONNX input/output "
             f"name ({', '.join(INPUT_NAMES + OUTPUT_NAMES)}). Rename the image column and "
             "retrain.")
-    classes = list(s["classes"])
-    labels, label_dtype = _onnx.labels_of(classes)
+    labels, label_dtype = _onnx.labels_of(list(s["classes"]))
     anchors = np.asarray(s["anchors"], np.float64)
-    A, C, G, size = len(anchors), len(classes), _net.GRID, _net.IMAGE_SIZE
-    N = A * G * G
+    num_classes, size = len(s["classes"]), _net.IMAGE_SIZE
     w = get_weights(model._net)
 
     g = _onnx.GraphBuilder("object_detector")
@@ -203,15 +196,43 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
                      f"(optional) NMS IoU threshold (default: {iou})", default=iou)
     conf_in = g.input("confidenceThreshold", np.float32, [],
                       f"(optional) confidence threshold (default: {conf_t})", default=conf_t)
-
     coarse, fine = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
                                                fine_block=_net.FINE_BLOCK)
+    raw = _write_head(g, w, coarse, fine)                        # (B, A(5+C), G, G)
+    coords, conf = _write_decoding(g, raw, anchors, num_classes)
+    _write_selection(g, coords, conf, iou_in, conf_in, labels, label_dtype)
+    _declare_outputs(g, len(anchors) * _net.GRID ** 2, num_classes, label_dtype)
 
+    onnx_model = _onnx.make_model(g, model._TASK, model._FILE_VERSION, {
+        "classes": labels,
+        "feature": feature,
+        "annotations": str(s["annotations"]),
+        "model": str(s["model"]),
+        "anchors": [[float(a) for a in pair] for pair in anchors],
+        "grid_shape": [_net.GRID, _net.GRID],
+        "input_image_shape": [3, size, size],
+        "input_layout": "NCHW",
+        "input_range": [0, 255],
+        "coordinates": "relative_center_xywh",
+        "non_maximum_suppression": "class_agnostic",
+        "iou_threshold": iou,
+        "confidence_threshold": conf_t,
+        "max_detections": _detection.MAX_DETECTIONS,
+    }, task_title=_net.TASK_TITLE, doc=(
+        f"Input: RGB pixels 0-255, float32 (batch, 3, {size}, {size}), the photo stretched to "
+        f"{size}x{size} with bilinear filtering. Outputs: the boxes predict() keeps, relative "
+        "centre x, y, width, height. See help(model.export_onnx)."))
+    _onnx.save_model(onnx_model, full_path)
+
+
+def _write_head(g, w, coarse, fine):
+    """The head's layers on the backbone's two maps; returns the raw output's name."""
     def conv(name, inp, kernel=1, stride=1, pad=0):
-        return g.node("Conv", [inp, g.initializer(f"/head/{name}/W", w[f"head.{name}.weight"]),
-                               g.initializer(f"/head/{name}/B", w[f"head.{name}.bias"])],
-                      [f"/head/{name}/conv"], kernel_shape=[kernel, kernel],
-                      strides=[stride, stride], pads=[pad] * 4, dilations=[1, 1], group=1)
+        weight = g.initializer(f"/head/{name}/W", w[_net.head_weight(name)])
+        bias = g.initializer(f"/head/{name}/B", w[_net.head_weight(name, "bias")])
+        return g.node("Conv", [inp, weight, bias], [f"/head/{name}/conv"],
+                      kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4,
+                      dilations=[1, 1], group=1)
 
     def leaky(name, inp):
         return g.node("LeakyRelu", [inp], [f"/head/{name}/leaky"], alpha=0.1)
@@ -221,41 +242,51 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     y2 = leaky("fine", conv("fine", fine, kernel=3, stride=2, pad=1))
     y = g.node("Concat", [y1, y2], ["/head/concat"], axis=1)
     y = leaky("conv2", conv("conv2", y, kernel=3, pad=1))
-    raw = conv("out", y)                                           # (B, A(5+C), G, G)
+    return conv("out", y)
 
-    # --- decoding: the numpy of _detection.decode, in float32 ---------------------------
-    r = g.node("Reshape", [raw, g.initializer("/decode/shape", [0, A, 5 + C, G * G], np.int64)],
+
+def _write_decoding(g, raw, anchors, num_classes):
+    """The numpy of ``_detection.decode``, in float32; returns (coordinates, confidence).
+
+    Row n = a * G * G + row * G + col: the order of predict's decode and of Core ML.
+    """
+    num_anchors, grid = len(anchors), _net.GRID
+    r = g.node("Reshape", [raw, g.initializer("/decode/shape", [0, num_anchors, 5 + num_classes,
+                                                                grid * grid], np.int64)],
                ["/decode/rows"])
     tx, ty, tw, th, to, cls = g.node(
-        "Split", [r, g.initializer("/decode/split", [1, 1, 1, 1, 1, C], np.int64)],
+        "Split", [r, g.initializer("/decode/split", [1, 1, 1, 1, 1, num_classes], np.int64)],
         [f"/decode/{n}" for n in ("tx", "ty", "tw", "th", "tobj", "tcls")], axis=2)
-    cell = np.arange(G * G)
-    grid = float(G)
+    cell = np.arange(grid * grid)
     bx = g.node("Add", [g.node("Sigmoid", [tx], ["/decode/sx"]),
-                        g.initializer("/decode/col", (cell % G).reshape(1, 1, 1, -1))],
+                        g.initializer("/decode/col", (cell % grid).reshape(1, 1, 1, -1))],
                 ["/decode/cx"])
     by = g.node("Add", [g.node("Sigmoid", [ty], ["/decode/sy"]),
-                        g.initializer("/decode/row", (cell // G).reshape(1, 1, 1, -1))],
+                        g.initializer("/decode/row", (cell // grid).reshape(1, 1, 1, -1))],
                 ["/decode/cy"])
     g_init = g.initializer("/decode/grid", np.float32(grid))
     bx = g.node("Div", [bx, g_init], ["/decode/x"])
     by = g.node("Div", [by, g_init], ["/decode/y"])
-    anchor_w = g.initializer("/decode/anchor_w", (anchors[:, 0] / grid).reshape(1, A, 1, 1))
-    anchor_h = g.initializer("/decode/anchor_h", (anchors[:, 1] / grid).reshape(1, A, 1, 1))
+    anchor_w = g.initializer("/decode/anchor_w",
+                             (anchors[:, 0] / float(grid)).reshape(1, num_anchors, 1, 1))
+    anchor_h = g.initializer("/decode/anchor_h",
+                             (anchors[:, 1] / float(grid)).reshape(1, num_anchors, 1, 1))
     bw = g.node("Mul", [g.node("Exp", [tw], ["/decode/ew"]), anchor_w], ["/decode/w"])
     bh = g.node("Mul", [g.node("Exp", [th], ["/decode/eh"]), anchor_h], ["/decode/h"])
     box = g.node("Concat", [bx, by, bw, bh], ["/decode/boxes"], axis=2)        # (B, A, 4, GG)
     box = g.node("Transpose", [box], ["/decode/boxes_t"], perm=[0, 1, 3, 2])
-    # Row n = a * G * G + row * G + col: the order of predict's decode and of Core ML.
     coords = g.node("Reshape", [box, g.initializer("/decode/shape4", [0, -1, 4], np.int64)],
                     ["raw_coordinates"])
     conf = g.node("Mul", [g.node("Softmax", [cls], ["/decode/class_prob"], axis=2),
                           g.node("Sigmoid", [to], ["/decode/objectness"])], ["/decode/conf"])
     conf = g.node("Transpose", [conf], ["/decode/conf_t"], perm=[0, 1, 3, 2])
-    conf = g.node("Reshape", [conf, g.initializer("/decode/shapeC", [0, -1, C], np.int64)],
-                  ["raw_confidence"])
+    conf = g.node("Reshape", [conf, g.initializer("/decode/shapeC", [0, -1, num_classes],
+                                                  np.int64)], ["raw_confidence"])
+    return coords, conf
 
-    # --- NMS, class-agnostic on each box's best class ------------------------------------
+
+def _write_selection(g, coords, conf, iou_in, conf_in, labels, label_dtype):
+    """NMS, class-agnostic on each box's best class, clipping and the threshold."""
     best = g.node("ReduceMax", [conf], ["/nms/best"], axes=[2], keepdims=0)   # (B, N)
     best = g.node("Unsqueeze", [best, g.initializer("/nms/axis1", [1], np.int64)],
                   ["/nms/scores"])                                             # (B, 1, N)
@@ -272,7 +303,21 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     k_conf = g.node("GatherND", [conf, pick], ["/select/conf"])
     k_score = g.node("ReduceMax", [k_conf], ["/select/score"], axes=[1], keepdims=0)
     k_label = g.node("ArgMax", [k_conf], ["/select/label"], axis=1, keepdims=0)
-    # Clip to the image as predict does (corners clipped to [0, 1], then back to centre/size).
+    clipped, positive = _write_clip(g, k_coords)
+    confident = g.node("GreaterOrEqual", [k_score, conf_in], ["/select/confident"])
+    keep = g.node("And", [confident, positive], ["/select/keep"])
+    for src, out in ((clipped, "coordinates"), (k_conf, "confidence"), (k_score, "score"),
+                     (k_label, "labelIndex"), (image_index, "imageIndex")):
+        g.node("Compress", [src, keep], [out], axis=0)
+    g.node("Gather", [g.initializer("/labels", labels, label_dtype), "labelIndex"], ["label"],
+           axis=0)
+
+
+def _write_clip(g, k_coords):
+    """Clip to the image as predict does (corners clipped to [0, 1], then back to centre/size).
+
+    Returns the names of the clipped boxes and of the flags "width and height > 0".
+    """
     starts = {n: g.initializer(f"/clip/{n}", v, np.int64)
               for n, v in (("s0", [0]), ("s2", [2]), ("s4", [4]), ("ax1", [1]))}
     cxy = g.node("Slice", [k_coords, starts["s0"], starts["s2"], starts["ax1"]], ["/clip/xy"])
@@ -288,18 +333,14 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     clipped = g.node("Concat", [centre, extent], ["/clip/boxes"], axis=1)
     positive = g.node("Greater", [g.node("ReduceMin", [extent], ["/clip/min_extent"], axes=[1],
                                          keepdims=0), zero], ["/select/positive"])
-    confident = g.node("GreaterOrEqual", [k_score, conf_in], ["/select/confident"])
-    keep = g.node("And", [confident, positive], ["/select/keep"])
-    for src, out in ((clipped, "coordinates"), (k_conf, "confidence"), (k_score, "score"),
-                     (k_label, "labelIndex"), (image_index, "imageIndex")):
-        g.node("Compress", [src, keep], [out], axis=0)
-    g.node("Gather", [g.initializer("/labels", labels, label_dtype), "labelIndex"], ["label"],
-           axis=0)
+    return clipped, positive
 
+
+def _declare_outputs(g, num_boxes, num_classes, label_dtype):
     g.output("coordinates", np.float32, [KEPT, 4],
              "Kept boxes x [x, y, width, height]: centre based, relative to the image size, "
              "clipped to the image")
-    g.output("confidence", np.float32, [KEPT, C],
+    g.output("confidence", np.float32, [KEPT, num_classes],
              "Kept boxes x class confidence P(object) * P(class | object), columns in the order "
              "of the 'classes' metadata")
     g.output("score", np.float32, [KEPT], "Confidence of each kept box's best class")
@@ -307,29 +348,8 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
              "Position of each kept box's class in the 'classes' metadata")
     g.output("label", label_dtype, [KEPT], "Class of each kept box")
     g.output("imageIndex", np.int64, [KEPT], "Batch row (image) each kept box belongs to")
-    g.output("raw_coordinates", np.float32, [BATCH, N, 4],
+    g.output("raw_coordinates", np.float32, [BATCH, num_boxes, 4],
              "All decoded boxes before NMS: [x, y, width, height], centre based, relative, "
              "not clipped")
-    g.output("raw_confidence", np.float32, [BATCH, N, C],
+    g.output("raw_confidence", np.float32, [BATCH, num_boxes, num_classes],
              "Class confidences of all decoded boxes before NMS")
-
-    onnx_model = _onnx.make_model(g, model._TASK, model._FILE_VERSION, {
-        "classes": labels,
-        "feature": feature,
-        "annotations": str(s["annotations"]),
-        "model": str(s["model"]),
-        "anchors": [[float(a) for a in pair] for pair in anchors],
-        "grid_shape": [G, G],
-        "input_image_shape": [3, size, size],
-        "input_layout": "NCHW",
-        "input_range": [0, 255],
-        "coordinates": "relative_center_xywh",
-        "non_maximum_suppression": "class_agnostic",
-        "iou_threshold": iou,
-        "confidence_threshold": conf_t,
-        "max_detections": _detection.MAX_DETECTIONS,
-    }, task_title=TASK_TITLE, doc=(
-        f"Input: RGB pixels 0-255, float32 (batch, 3, {size}, {size}), the photo stretched to "
-        f"{size}x{size} with bilinear filtering. Outputs: the boxes predict() keeps, relative "
-        "centre x, y, width, height. See help(model.export_onnx)."))
-    _onnx.save_model(onnx_model, full_path)
