@@ -332,8 +332,8 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         ``batch_size // N`` images per step, so a step still covers about
         ``batch_size`` images (``batch_size`` must be at least ``N``).
     max_iterations : int
-        Training steps (optimizer updates of the head); 0 ->
-        ``clip(30 epochs, 500, 3000)`` steps.
+        Training steps (optimizer updates of the head); 0 or None (automatic)
+        -> ``clip(30 epochs, 500, 3000)`` steps, or the checkpoint's when resuming.
     verbose : bool
         Print progress (a table of iteration, smoothed loss, elapsed seconds).
     random_seed : int, optional
@@ -393,11 +393,14 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     rows = _annotations.parse_column(dataset[annotations], annotations)
     classes = _data.choose_classes(rows, classes, annotations)
     if batch_size == 0:
-        batch_size = DEFAULT_BATCH_SIZE
+        # Automatic: a resumed run keeps the checkpoint's choice.
+        batch_size = (resume.setting("batch_size") if resume is not None else None) \
+            or DEFAULT_BATCH_SIZE
         say(f"Setting 'batch_size' to {batch_size}", verbose)
     values, column, index, _ = _images.image_input(dataset, feature)
-    iters = max_iterations or _train.auto_iterations(len(values), batch_size)
-    if max_iterations == 0:
+    iters = max_iterations or (resume.setting("max_iterations") if resume is not None
+                               else None) or _train.auto_iterations(len(values), batch_size)
+    if not max_iterations:
         say(f"Setting 'max_iterations' to {iters}", verbose)
     run_config = {"feature": feature, "annotations": annotations, "classes": classes,
                   "model": model, "batch_size": batch_size, "max_iterations": iters,
@@ -441,7 +444,7 @@ def _check_arguments(dataset, model, batch_size, max_iterations, verbose):
     if model not in MODELS:
         raise InvalidParameterError(f"'model' must be one of {', '.join(MODELS)}, got {model!r}.")
     return (V.check_int(batch_size, "batch_size", 0),
-            V.check_int(max_iterations, "max_iterations", 0),
+            V.check_max_iterations(max_iterations) or 0,
             V.check_bool(verbose, "verbose"))
 
 
