@@ -813,7 +813,8 @@ def _frame_from_json(data, name):
         if c in frame:
             frame[c] = frame[c].astype(np.int64)
     if name == "roc_curve":
-        frame["threshold"] = frame["threshold"].astype(float).fillna(np.inf)
+        # Thresholds are float32 probabilities, as evaluate() gives them (stored exactly).
+        frame["threshold"] = frame["threshold"].astype(float).fillna(np.inf).astype(np.float32)
         for c in ("fpr", "tpr"):
             frame[c] = frame[c].astype(float)
     return frame
