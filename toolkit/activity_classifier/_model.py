@@ -121,13 +121,31 @@ class ActivityClassifier(Model):
                     fields.pop(key, None)
                     continue
                 if name in _FRAME_METRICS:
-                    fields[key] = _frame_from_json(fields.get(key), name)
+                    fields[key] = self._decoded(key, name)
                 else:
                     fields.setdefault(key, None)
             if prefix == "training_" or used:
-                cm = fields[prefix + "confusion_matrix"]
-                fields[prefix + "report_by_class"] = None if cm is None else report_by_class(cm)
+                fields[prefix + "report_by_class"] = self._decoded(prefix + "confusion_matrix",
+                                                                   "report_by_class")
         return fields
+
+    def _decoded(self, key, name):
+        """The DataFrame of a stored metrics table (a fresh copy; None if not stored).
+
+        Decoded once per stored object: every attribute lookup builds the field dict.
+        """
+        data = self._state.get(key)
+        if data is None:
+            return None
+        cache = self.__dict__.setdefault("_frames", {})
+        hit = cache.get((key, name))
+        if hit is None or hit[0] is not data:
+            frame = _frame_from_json(data, "confusion_matrix" if name == "report_by_class"
+                                     else name)
+            if name == "report_by_class":
+                frame = report_by_class(frame)
+            hit = cache[(key, name)] = (data, frame)
+        return hit[1].copy()
 
     def _summary_sections(self):
         s = self._state
