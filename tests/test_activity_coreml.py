@@ -6,6 +6,7 @@ window, the way an app runs it, and compared with ``model.predict``.
 
 import copy
 import os
+import platform
 import subprocess
 import sys
 
@@ -183,12 +184,16 @@ def test_interface_names_shapes_and_metadata(trained):
     assert desc.metadata.shortDescription == \
         f"Activity classifier created by toolkit (version {tc.__version__})"
     meta = dict(desc.metadata.userDefined)
-    assert set(meta) == {"toolkit_version", "task", "file_version", "features",
-                         "prediction_window", "session_id", "target", "feature_mean",
-                         "state_reset_windows"}
+    assert set(meta) == {"toolkit_version", "task", "file_version", "platform", "features",
+                         "prediction_window", "session_id", "target", "max_iterations",
+                         "training_iterations",
+                         "classes", "feature_mean", "state_reset_windows"}
     assert meta["toolkit_version"] == tc.__version__
     assert meta["task"] == "activity_classifier"
-    assert meta["file_version"] == "1"
+    assert meta["file_version"] == str(model._FILE_VERSION)
+    assert meta["platform"] == platform.platform()
+    assert meta["max_iterations"] == str(model.max_iterations)
+    assert meta["classes"] == ",".join(model.classes)
     assert meta["features"] == ",".join(FEATURES)
     assert meta["prediction_window"] == "100"
     assert meta["session_id"] == "session_id"

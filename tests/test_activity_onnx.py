@@ -227,7 +227,7 @@ def test_interface_names_shapes_and_metadata(trained):
     assert [(o.domain, o.version) for o in m.opset_import] == [("", 17)]
     assert m.ir_version == 8
     assert m.producer_name == "toolkit" and m.producer_version == tc.__version__
-    assert m.model_version == 1
+    assert m.model_version == model._FILE_VERSION
     assert m.doc_string.startswith(
         f"Activity classifier created by toolkit (version {tc.__version__})")
 
@@ -258,7 +258,7 @@ def test_interface_names_shapes_and_metadata(trained):
     import json
     assert meta["toolkit_version"] == tc.__version__
     assert meta["task"] == "activity_classifier"
-    assert meta["file_version"] == "1"
+    assert meta["file_version"] == str(model._FILE_VERSION)
     assert json.loads(meta["classes"]) == model.classes
     assert json.loads(meta["features"]) == FEATURES
     assert meta["prediction_window"] == str(PW)

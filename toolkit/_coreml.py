@@ -8,9 +8,13 @@ parts every export has in common:
 * :func:`coremltools_module` imports coremltools (quietly) or raises an
   :class:`~toolkit.errors.ExportError` that says how to install it;
 * :func:`check_export_path` validates the destination *before* any work;
-* :func:`set_metadata` writes ``user_defined_metadata`` (``toolkit_version``,
-  ``task``, ``file_version`` plus task extras), the author, license and the
-  short description "<Task> created by toolkit (version X)";
+* :func:`set_model_metadata` (one call per exporter) writes
+  ``user_defined_metadata`` as Turi Create does: ``toolkit_version``, ``task``,
+  ``file_version``, ``platform``, the model's create() settings found in its
+  state (:data:`SETTING_KEYS`: ``max_iterations``, ``prediction_window``,
+  ``features``, ``target``...) plus task extras; the author and the short
+  description "<Task> (<backbone>) created by toolkit (version X)".
+  :func:`set_metadata` is the same with everything passed explicitly;
 * :func:`describe_features` sets the descriptions of inputs and outputs;
 * :func:`save_spec` writes the spec atomically, wrapping every failure in an
   ``ExportError``.
@@ -21,13 +25,14 @@ Example (inside a task's exporter)::
     path = _coreml.check_export_path(path)
     builder = ct.models.neural_network.NeuralNetworkBuilder(...)
     ...
-    _coreml.set_metadata(builder.spec, 'activity_classifier', 1, {'target': 'exercise'})
+    _coreml.set_model_metadata(builder.spec, model, {'state_reset_windows': 20})
     _coreml.describe_features(builder.spec, {'features': 'Window of raw sensor values'})
     _coreml.save_spec(builder.spec, path)
 """
 
 import logging
 import os
+import platform
 
 import numpy as np
 
@@ -89,12 +94,36 @@ def toolkit_version():
     return __version__
 
 
-def short_description(task_title):
-    """``"<Task title> created by toolkit (version X)"``; e.g. ``"Activity classifier"``."""
-    return f"{task_title} created by toolkit (version {toolkit_version()})"
+#: Keys of ``user_defined_metadata`` that every export has; extras may not use them.
+COMMON_KEYS = ("toolkit_version", "task", "file_version", "platform")
+
+#: create() settings Turi Create writes into ``user_defined_metadata`` (over its three
+#: tasks), copied from a model's state when present and not None. Lists are
+#: comma-joined, as Turi Create does.
+SETTING_KEYS = ("model", "target", "feature", "features", "annotations", "session_id",
+                "prediction_window", "max_iterations", "training_iterations", "classes",
+                "non_maximum_suppression_threshold")
 
 
-def model_metadata(task, file_version, extra=None):
+def short_description(task_title, backbone=None, suffix=""):
+    """``"<Task title> (<backbone>)<suffix> created by toolkit (version X)"``.
+
+    ``backbone`` (e.g. ``"efficientnet-lite0"``) and ``suffix`` (e.g. ``" with
+    non-maximum suppression"``) are optional, as in Turi Create's
+    ``"Object detector (darknet-yolo) with non-maximum suppression created by
+    Turi Create (version X)"``.
+    """
+    name = task_title + (f" ({backbone})" if backbone else "") + (suffix or "")
+    return f"{name} created by toolkit (version {toolkit_version()})"
+
+
+def _meta_value(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def model_metadata(task, file_version, extra=None, settings=None):
     """The ``user_defined_metadata`` dict (all values str) of an exported model.
 
     Parameters
@@ -105,36 +134,66 @@ def model_metadata(task, file_version, extra=None):
         The task's model file version the exported network corresponds to.
     extra : dict, optional
         Task specific entries. Lists and tuples are comma-joined, other values
-        go through ``str``. They may not override the three common keys.
+        go through ``str``. They may not override the common keys
+        (:data:`COMMON_KEYS`); they win over ``settings``.
+    settings : dict, optional
+        A model's state: its :data:`SETTING_KEYS` entries that are not None
+        are written.
     """
     meta = {"toolkit_version": toolkit_version(), "task": str(task),
-            "file_version": str(int(file_version))}
+            "file_version": str(int(file_version)), "platform": platform.platform()}
+    for key in SETTING_KEYS:
+        value = (settings or {}).get(key)
+        if value is not None:
+            meta[key] = _meta_value(value)
     for key, value in (extra or {}).items():
-        if key in meta:
+        if key in COMMON_KEYS:
             raise ValueError(f"Metadata key {key!r} is reserved.")
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        meta[str(key)] = str(value)
+        meta[str(key)] = _meta_value(value)
     return meta
 
 
-def set_metadata(spec, task, file_version, extra=None, task_title=None):
+def set_metadata(spec, task, file_version, extra=None, task_title=None, settings=None,
+                 backbone=None, title_suffix=""):
     """Write metadata and the short description into a Core ML ``spec``.
 
     ``task_title`` defaults to the task name with spaces, capitalised
-    (``"activity_classifier"`` -> ``"Activity classifier"``). Returns the
-    metadata dict written.
+    (``"activity_classifier"`` -> ``"Activity classifier"``); ``backbone`` and
+    ``title_suffix`` go into the short description (see
+    :func:`short_description`); ``extra`` and ``settings`` as in
+    :func:`model_metadata`. Returns the metadata dict written.
     """
-    meta = model_metadata(task, file_version, extra)
+    meta = model_metadata(task, file_version, extra, settings)
     title = task_title or str(task).replace("_", " ").capitalize()
     desc = spec.description.metadata
-    desc.shortDescription = short_description(title)
+    desc.shortDescription = short_description(title, backbone, title_suffix)
     desc.author = AUTHOR
     desc.versionString = toolkit_version()
     desc.userDefined.clear()
     for key, value in meta.items():
         desc.userDefined[key] = value
     return meta
+
+
+def set_model_metadata(spec, model, extra=None, task_title=None, title_suffix=""):
+    """:func:`set_metadata` for ``model`` in one call.
+
+    Takes the task and file version from the model class (``_TASK``,
+    ``_FILE_VERSION``), the create() settings from its state
+    (:data:`SETTING_KEYS`), and the backbone named in the short description
+    from its ``model`` field when it has one. ``extra`` adds task specific
+    entries (and overrides settings, e.g. to format them).
+
+    Example::
+
+        _coreml.set_model_metadata(spec, model, {'include_non_maximum_suppression': True},
+                                   task_title='Object detector',
+                                   title_suffix=' with non-maximum suppression')
+    """
+    state = model._state
+    return set_metadata(spec, model._TASK, model._FILE_VERSION, extra, task_title,
+                        settings=state, backbone=state.get("model"),
+                        title_suffix=title_suffix)
 
 
 def describe_features(spec, descriptions):

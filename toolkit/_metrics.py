@@ -11,15 +11,56 @@ CLASSIFIER_METRICS = ("accuracy", "auc", "precision", "recall", "f1_score", "log
                       "confusion_matrix", "roc_curve")
 
 
+#: Columns of ``report_by_class`` (Turi Create 6's per-class report).
+REPORT_COLUMNS = ("class", "actual_count", "predicted_correctly", "predicted_this_incorrectly",
+                  "missed_predicting_this", "precision", "recall")
+
+
 def check_metric(metric):
+    """The list of metric names ``metric`` asks for.
+
+    ``'auto'`` means every metric of CLASSIFIER_METRICS; ``'report'`` (Turi Create 6)
+    those plus ``report_by_class``.
+    """
     if metric == "auto":
         return list(CLASSIFIER_METRICS)
+    if metric == "report":
+        return list(CLASSIFIER_METRICS) + ["report_by_class"]
     names = [metric] if isinstance(metric, str) else list(metric)
-    bad = [m for m in names if m not in CLASSIFIER_METRICS]
+    bad = [m for m in names if m not in CLASSIFIER_METRICS + ("report_by_class",)]
     if bad:
         raise InvalidParameterError(
-            f"Unknown metric {bad[0]!r}; choose 'auto' or from {', '.join(CLASSIFIER_METRICS)}.")
+            f"Unknown metric {bad[0]!r}; choose 'auto', 'report' or from "
+            f"{', '.join(CLASSIFIER_METRICS + ('report_by_class',))}.")
     return names
+
+
+def report_by_class(confusion):
+    """Per-class counts, precision and recall from a confusion-matrix frame.
+
+    ``confusion`` has columns ``target_label``, ``predicted_label``, ``count``;
+    the result has one row per label seen as target or prediction (sorted, by
+    str when labels mix types) and the columns REPORT_COLUMNS. Precision of a
+    class never predicted, and recall of a class never present, are NaN.
+    """
+    import pandas as pd
+    t = confusion["target_label"].tolist()
+    p = confusion["predicted_label"].tolist()
+    n = [int(v) for v in confusion["count"]]
+    labels = set(t) | set(p)
+    try:
+        labels = sorted(labels)
+    except TypeError:
+        labels = sorted(labels, key=str)
+    rows = []
+    for c in labels:
+        correct = sum(k for a, b, k in zip(t, p, n) if a == c and b == c)
+        wrong_pred = sum(k for a, b, k in zip(t, p, n) if a != c and b == c)
+        missed = sum(k for a, b, k in zip(t, p, n) if a == c and b != c)
+        rows.append((c, correct + missed, correct, wrong_pred, missed,
+                     correct / (correct + wrong_pred) if correct + wrong_pred else float("nan"),
+                     correct / (correct + missed) if correct + missed else float("nan")))
+    return pd.DataFrame.from_records(rows, columns=list(REPORT_COLUMNS))
 
 
 def classifier_metrics(y_true, probs, classes, metric="auto"):
@@ -82,6 +123,11 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
         frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
         result["confusion_matrix"] = (frame.groupby(["target_label", "predicted_label"])
                                       .size().rename("count").reset_index())
+    if "report_by_class" in names:
+        frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
+        result["report_by_class"] = report_by_class(
+            frame.groupby(["target_label", "predicted_label"]).size().rename("count")
+            .reset_index())
     if "roc_curve" in names:
         parts = []
         for i in label_ids:

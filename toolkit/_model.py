@@ -21,8 +21,8 @@ A task model class declares:
 import importlib
 
 from . import _model_file
-from .errors import (CorruptModelFileError, ModelFileError, UnknownTaskError,
-                     UnsupportedVersionError)
+from .errors import (CorruptModelFileError, FieldNotFoundError, InvalidParameterError,
+                     ModelFileError, UnknownTaskError, UnsupportedVersionError)
 
 # Stable task name -> "module:Class". Modules are imported only when a file of
 # that task is loaded, so loading never imports what it does not need.
@@ -222,28 +222,92 @@ def load_model(path):
 
 
 class Model:
-    """Base class of every task model: ``save``, ``summary``, field access."""
+    """Base class of every task model: ``save``, ``summary``, field access.
+
+    Fields (Turi Create's ``model.get('name')``, ``model['name']``,
+    ``model.name``, ``model._list_fields()``, ``model.summary()``) come from
+    two methods a task provides:
+
+    * :meth:`_fields` returns ``{name: value}`` of every public field. The
+      default is the JSON state without keys starting with ``_`` or listed in
+      ``_PRIVATE_STATE``; a task overrides it to add computed fields (e.g.
+      metrics rebuilt as DataFrames) or to drop fields that do not apply.
+    * :meth:`_summary_sections` returns ``[(title, [(label, value), ...]), ...]``
+      for :meth:`summary` and ``repr``.
+
+    State keys that are not fields stay readable as attributes (for example the
+    activity classifier's ``feature_mean``), but are not listed.
+    """
 
     _TASK = None
     _FILE_VERSION = 1
     _MIGRATIONS = {}
+    #: State keys kept out of ``_list_fields()`` (besides keys starting with ``_``).
+    _PRIVATE_STATE = ()
 
-    # The JSON state doubles as the model's public fields, as in Turi Create:
-    # model.classes, model['classes'].
-    def __getattr__(self, name):
+    def _fields(self):
+        """``{name: value}`` of every public field; tasks override to add or hide fields."""
+        return {k: v for k, v in self._state.items()
+                if not k.startswith("_") and k not in self._PRIVATE_STATE}
+
+    def _field(self, name):
+        """The value of field ``name`` (a copy of lists); raises FieldNotFoundError."""
         state = self.__dict__.get("_state")
-        if state is not None and name in state:
+        if state is None or not isinstance(name, str):
+            raise FieldNotFoundError(
+                f"'{type(self).__name__}' has no field {name!r}: field names are str.")
+        fields = self._fields()
+        if name in fields:
+            value = fields[name]
+        elif name in state and not name.startswith("_"):
             value = state[name]
-            return list(value) if isinstance(value, list) else value
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+        else:
+            raise FieldNotFoundError(
+                f"'{type(self).__name__}' object has no field {name!r}; its fields are "
+                f"{', '.join(self._list_fields())}.")
+        return list(value) if isinstance(value, list) else value
+
+    # The fields double as attributes, as in Turi Create: model.classes.
+    def __getattr__(self, name):
+        if name.startswith("__") or "_state" not in self.__dict__:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+        return self._field(name)
 
     def __getitem__(self, name):
-        if name not in self._state:
-            raise KeyError(f"No field {name!r}; fields: {', '.join(self._list_fields())}.")
-        return getattr(self, name)
+        return self._field(name)
+
+    def get(self, field):
+        """The value of one field, as ``model[field]`` (Turi Create's ``model.get``).
+
+        Parameters
+        ----------
+        field : str
+            A name from :meth:`_list_fields`.
+
+        Raises
+        ------
+        toolkit.errors.FieldNotFoundError
+            No such field (also a ``KeyError`` and an ``AttributeError``); the
+            message lists the fields.
+
+        Examples
+        --------
+        >>> model.get('classes')                                 # doctest: +SKIP
+        """
+        return self._field(field)
+
+    # Turi Create 5.x's spelling, used by its scripts and tests.
+    _get = get
 
     def _list_fields(self):
-        return sorted(self._state)
+        """The names of every field, sorted (Turi Create's ``model._list_fields()``)."""
+        return sorted(self._fields())
+
+    def __dir__(self):
+        names = set(super().__dir__())
+        if "_state" in self.__dict__:
+            names.update(self._list_fields())
+        return sorted(names)
 
     def _summary_sections(self):
         """[(title, [(label, value), ...]), ...] shown by summary()."""
@@ -254,15 +318,35 @@ class Model:
 
         Parameters
         ----------
-        output : None or 'str'
-            ``None`` prints the summary; ``'str'`` returns it.
+        output : {None, 'stdout', 'str', 'dict'}
+            ``None`` or ``'stdout'`` prints the summary; ``'str'`` returns the
+            same text; ``'dict'`` returns Turi Create's structure
+            ``{'section_titles': [title, ...], 'sections': [[(label, value),
+            ...], ...]}`` (floats rounded to 4 decimals).
+
+        Raises
+        ------
+        toolkit.errors.InvalidParameterError
+            ``output`` is anything else.
 
         Examples
         --------
         >>> model.summary()                                      # doctest: +SKIP
+        >>> model.summary('dict')['section_titles']              # doctest: +SKIP
+        ['Schema', 'Training summary']
         """
+        if not (output is None or (isinstance(output, str)
+                                   and output in ("stdout", "str", "dict"))):
+            raise InvalidParameterError(
+                f"'output' must be None, 'stdout', 'str' or 'dict', got "
+                f"{type(output).__name__} {output!r}.")
+        sections = self._summary_sections()
+        if output == "dict":
+            return {"section_titles": [title for title, _ in sections],
+                    "sections": [[(k, round(v, 4) if isinstance(v, float) else v)
+                                  for k, v in rows] for _, rows in sections]}
         lines = [f"{'Class':<40} : {type(self).__name__}", ""]
-        for title, rows in self._summary_sections():
+        for title, rows in sections:
             lines += [title, "-" * len(title)]
             lines += [f"{k:<40} : {v:.4f}" if isinstance(v, float) else f"{k:<40} : {v}"
                       for k, v in rows]
@@ -274,6 +358,8 @@ class Model:
 
     def __repr__(self):
         return self.summary(output="str")
+
+    __str__ = __repr__
 
     def _get_state(self):
         raise NotImplementedError

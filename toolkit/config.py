@@ -126,6 +126,34 @@ def set_num_gpus(num_gpus):
         _devices = [("gpu", i) for i in range(num_gpus)]
 
 
+def get_num_gpus():
+    """Turi Create's setting: the number of GPUs training uses (``-1``: all, ``0``: CPU).
+
+    Returns what :func:`set_num_gpus` set. When the devices come from
+    :func:`set_devices` or ``TOOLKIT_DEVICES`` instead, returns how many GPUs
+    are among them (``0`` for CPUs only); with nothing chosen, ``-1`` (every
+    GPU mxnet sees, else the CPU). Nothing is imported or probed.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> tc.config.set_num_gpus(0)
+    >>> tc.config.get_num_gpus()
+    0
+    >>> tc.config.set_num_gpus(-1)
+    >>> tc.config.get_num_gpus()
+    -1
+    """
+    chosen = _chosen()
+    if chosen is None:
+        return -1
+    return sum(1 for t, _ in chosen if t == "gpu")
+
+
 def _chosen():
     if _devices is not None:
         return list(_devices)
@@ -249,4 +277,4 @@ def is_writer():
     return cluster().rank == 0
 
 
-__all__ = ["set_devices", "set_num_gpus", "get_devices", "cluster", "in_cluster", "Cluster"]
+__all__ = ["set_devices", "set_num_gpus", "get_num_gpus", "get_devices", "cluster", "in_cluster", "Cluster"]

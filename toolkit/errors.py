@@ -64,6 +64,12 @@ class ColumnNotFoundError(DataError, KeyError):
     __str__ = Exception.__str__
 
 
+class FieldNotFoundError(ToolkitError, KeyError, AttributeError):
+    """``model[name]``, ``model.get(name)`` or ``model.name`` names no field of the model."""
+
+    __str__ = Exception.__str__
+
+
 class NotFittedError(ToolkitError, AttributeError):
     """A model object was used before it was trained or loaded."""
 

@@ -6,5 +6,6 @@
 """
 
 from ._model import ActivityClassifier, create
+from . import util  # noqa: F401
 
-__all__ = ["create", "ActivityClassifier"]
+__all__ = ["create", "ActivityClassifier", "util"]

@@ -107,11 +107,13 @@ def export_coreml(model, path):
 
     Notes
     -----
-    ``user_defined_metadata`` holds ``toolkit_version``, ``task``
-    (``activity_classifier``), ``file_version``, ``features`` (comma-joined),
-    ``prediction_window``, ``session_id``, ``target``, ``feature_mean``
-    (comma-joined, for padding) and ``state_reset_windows`` (``20``). The
-    class labels are the classifier's own labels in the spec.
+    ``user_defined_metadata`` holds, as Turi Create's does, ``toolkit_version``,
+    ``task`` (``activity_classifier``), ``file_version``, ``platform`` (of the
+    exporting machine) and the create() settings ``features`` (comma-joined),
+    ``prediction_window``, ``session_id``, ``target``, ``max_iterations``,
+    ``classes`` (comma-joined); plus ``feature_mean`` (comma-joined, for padding)
+    and ``state_reset_windows`` (``20``). The class labels are the classifier's
+    own labels in the spec.
 
     Examples
     --------
@@ -218,11 +220,9 @@ def export_coreml(model, path):
     for feature in spec.description.input:
         if feature.name in STATE_INPUTS:
             feature.type.isOptional = True
-    _coreml.set_metadata(spec, model._TASK, model._FILE_VERSION, {
-        "features": features,
-        "prediction_window": pw,
-        "session_id": s["session_id"],
-        "target": target,
+    # The create() settings (features, prediction_window, session_id, target,
+    # max_iterations, classes) come from the model's state.
+    _coreml.set_model_metadata(spec, model, {
         "feature_mean": [repr(float(m)) for m in mean],
         "state_reset_windows": WINDOWS_PER_CHUNK,
     }, task_title=TASK_TITLE)

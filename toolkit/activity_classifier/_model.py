@@ -5,6 +5,15 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
 
 1. First release: core weights under structural names, per-feature
    standardisation (``feature_mean``/``feature_std``) in the state.
+2. Turi Create's fields: ``verbose``, ``use_data_augmentation``,
+   ``num_validation_sessions``/``num_validation_examples``, and per-row metrics of
+   the final model on the training (and validation) rows: ``training_accuracy``,
+   ``training_log_loss``, ``training_auc``, ``training_precision``,
+   ``training_recall``, ``training_f1_score``, ``training_confusion_matrix``,
+   ``training_roc_curve`` (frames stored as ``{column: [values]}``) and their
+   ``validation_*`` twins. ``num_sessions``/``num_examples`` count the training
+   data only (version 1 counted held-out validation sessions too). Weights
+   unchanged. See :func:`_v1_to_v2_state` for what version-1 files get.
 """
 
 import time
@@ -14,32 +23,49 @@ import numpy as np
 
 from .. import _checkpoint, config
 from .. import _validate as V
-from .._metrics import classifier_metrics
+from .._metrics import classifier_metrics, report_by_class
 from ..errors import ToolkitWarning
-from .._model import Model
+from .._model import Model, VersionStep
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
 from ..errors import DataError, WeightsMismatchError
 from . import _data, _export, _net, _train
 from ._data import WINDOWS_PER_CHUNK
 
-FILE_VERSION = 1
+FILE_VERSION = 2
 # Turi Create 5.x's threshold. Below it, holding out 10% of the sessions costs more than
 # the report is worth: on the watch data (84 sessions) per-row test accuracy fell from
 # 0.821 to 0.775 (seed 0) when 8 sessions were held out.
 MIN_SESSIONS_FOR_AUTO_VALIDATION = 100
 _PREDICT_BATCH = 256
+#: Scalar metrics stored per prefix ('training_', 'validation_'), besides the frames.
+_SCALAR_METRICS = ("accuracy", "log_loss", "auc", "precision", "recall", "f1_score")
+_FRAME_METRICS = ("confusion_matrix", "roc_curve")
+#: The stored ROC curve keeps at most this many points per class (an exact subset of
+#: evaluate()'s curve: the first, the last and evenly spaced ones between), so that a
+#: model of a large data set keeps a small file.
+ROC_POINTS_PER_CLASS = 1000
 
 
 class ActivityClassifier(Model):
     """A trained activity classifier. Create one with :func:`create`.
 
-    Fields (also available as ``model['name']``): ``classes``, ``features``,
-    ``session_id``, ``target``, ``prediction_window``, ``num_classes``,
-    ``num_features``, ``num_examples``, ``num_sessions``,
-    ``training_accuracy``, ``training_log_loss``, ``validation_accuracy``,
-    ``validation_log_loss``, ``training_time``, ``training_iterations``,
-    ``max_iterations``, ``batch_size``, ``random_seed``.
+    Fields (``model.name``, ``model['name']``, ``model.get('name')``; all listed
+    by ``model._list_fields()``): ``classes``, ``features``, ``session_id``,
+    ``target``, ``prediction_window``, ``num_classes``, ``num_features``,
+    ``num_examples`` and ``num_sessions`` (training data only),
+    ``num_validation_examples``, ``num_validation_sessions``, ``training_time``,
+    ``training_iterations``, ``max_iterations``, ``batch_size``, ``random_seed``,
+    ``verbose``, ``use_data_augmentation`` (always True here: training cuts windows
+    at random offsets and scales channels; Turi Create's default was False), and
+    the per-row metrics of the final model on the training rows:
+    ``training_accuracy``, ``training_log_loss``, ``training_auc``,
+    ``training_precision``, ``training_recall``, ``training_f1_score``,
+    ``training_confusion_matrix``, ``training_roc_curve`` (at most
+    ``ROC_POINTS_PER_CLASS`` points per class), ``training_report_by_class``;
+    with a validation set, the same ``validation_*`` fields on its rows.
+    ``feature_mean`` and ``feature_std`` (the standardisation) are readable
+    but not listed.
 
     Examples
     --------
@@ -55,8 +81,9 @@ class ActivityClassifier(Model):
 
     _TASK = "activity_classifier"
     _FILE_VERSION = FILE_VERSION
-    # {v: f}: f turns a version-v file into version v + 1 (none yet).
-    _MIGRATIONS = {}
+    # {v: f}: f turns a version-v file into version v + 1.
+    _MIGRATIONS = {}   # filled below the class
+    _PRIVATE_STATE = ("feature_mean", "feature_std")
 
     def __init__(self, state, weights=None):
         self._state = dict(state)
@@ -83,26 +110,50 @@ class ActivityClassifier(Model):
         return cls(state, weights)
 
     # --- fields ---------------------------------------------------------
-    def __getattr__(self, name):
-        state = self.__dict__.get("_state")
-        if state is not None and name in state:
-            value = state[name]
-            return list(value) if isinstance(value, list) else value
-        raise AttributeError(f"'ActivityClassifier' object has no attribute {name!r}")
+    def _fields(self):
+        fields = super()._fields()
+        # Turi Create lists validation_* only when a validation set was used.
+        used = fields.get("validation_accuracy") is not None
+        for prefix in ("training_", "validation_"):
+            for name in _SCALAR_METRICS + _FRAME_METRICS:
+                key = prefix + name
+                if prefix == "validation_" and not used:
+                    fields.pop(key, None)
+                    continue
+                if name in _FRAME_METRICS:
+                    fields[key] = self._decoded(key, name)
+                else:
+                    fields.setdefault(key, None)
+            if prefix == "training_" or used:
+                fields[prefix + "report_by_class"] = self._decoded(prefix + "confusion_matrix",
+                                                                   "report_by_class")
+        return fields
 
-    def __getitem__(self, name):
-        if name not in self._state:
-            raise KeyError(f"No field {name!r}; fields: {', '.join(self._list_fields())}.")
-        return getattr(self, name)
+    def _decoded(self, key, name):
+        """The DataFrame of a stored metrics table (a fresh copy; None if not stored).
 
-    def _list_fields(self):
-        return sorted(k for k in self._state if not k.startswith("feature_"))
+        Decoded once per stored object: every attribute lookup builds the field dict.
+        """
+        data = self._state.get(key)
+        if data is None:
+            return None
+        cache = self.__dict__.setdefault("_frames", {})
+        hit = cache.get((key, name))
+        if hit is None or hit[0] is not data:
+            frame = _frame_from_json(data, "confusion_matrix" if name == "report_by_class"
+                                     else name)
+            if name == "report_by_class":
+                frame = report_by_class(frame)
+            hit = cache[(key, name)] = (data, frame)
+        return hit[1].copy()
 
     def _summary_sections(self):
         s = self._state
         sections = [
             ("Schema", [("Number of examples", s["num_examples"]),
                         ("Number of sessions", s["num_sessions"]),
+                        ("Number of validation examples", s.get("num_validation_examples")),
+                        ("Number of validation sessions", s.get("num_validation_sessions")),
                         ("Number of classes", len(s["classes"])),
                         ("Number of feature columns", len(s["features"])),
                         ("Prediction window", s["prediction_window"])]),
@@ -143,6 +194,13 @@ class ActivityClassifier(Model):
 
     def _per_row_probs(self, dataset, name="dataset"):
         values, sessions = self._prepare(dataset, name)
+        sorted_probs, info = self._sorted_row_probs(values, sessions)
+        per_row = np.empty_like(sorted_probs)
+        per_row[sessions.order] = sorted_probs
+        return per_row, info
+
+    def _sorted_row_probs(self, values, sessions):
+        """Per-row probabilities of standardised rows in ``sessions`` order."""
         probs, ch = self._window_probs(values, sessions)
         # Map each (session, window) to its chunk slot.
         n_windows = -(-sessions.lengths // self._state["prediction_window"])
@@ -150,9 +208,7 @@ class ActivityClassifier(Model):
         srow, wrow = _data.window_of_rows(sessions, self._state["prediction_window"])
         chunk_id = first_chunk[srow] + wrow // WINDOWS_PER_CHUNK
         sorted_probs = probs[chunk_id, wrow % WINDOWS_PER_CHUNK]
-        per_row = np.empty_like(sorted_probs)
-        per_row[sessions.order] = sorted_probs
-        return per_row, (probs, ch, sessions, n_windows)
+        return sorted_probs, (probs, ch, sessions, n_windows)
 
     def _check_output_args(self, output_frequency, output_type=None, types=()):
         V.check_choice(output_frequency, "output_frequency", ("per_row", "per_window"))
@@ -276,8 +332,11 @@ class ActivityClassifier(Model):
             With the session, feature and target columns.
         metric : str or list of str
             ``'auto'`` (all) or any of accuracy, auc, precision, recall,
-            f1_score, log_loss, confusion_matrix, roc_curve. Averages are macro
-            over the model's classes.
+            f1_score, log_loss, confusion_matrix, roc_curve; ``'report'`` (Turi
+            Create 6) adds report_by_class (per class: actual_count,
+            predicted_correctly, predicted_this_incorrectly,
+            missed_predicting_this, precision, recall). Averages are macro over
+            the model's classes.
 
         Returns
         -------
@@ -320,7 +379,9 @@ class ActivityClassifier(Model):
         Returns
         -------
         ActivityClassifier
-            ``self``, trained further.
+            ``self``, trained further. Its ``training_*`` fields, ``num_examples``
+            and ``num_sessions`` then describe ``dataset``, and the
+            ``validation_*`` fields are dropped (they described an earlier model).
 
         Examples
         --------
@@ -353,6 +414,14 @@ class ActivityClassifier(Model):
                          max_iterations, batch_size, rng, verbose,
                          first_iteration=int(s.get("training_iterations") or 0) + 1)
         s.update(log)
+        # The training_* fields describe the latest training data; the validation set
+        # of create() played no part in this training, so its fields go.
+        s.update(_metric_state("training_", self, values, sessions, label_ids,
+                               np.ones(len(sessions), bool)))
+        for name in _SCALAR_METRICS + _FRAME_METRICS:
+            s["validation_" + name] = None
+        s.update(num_examples=int(len(dataset)), num_sessions=int(len(sessions)),
+                 num_validation_examples=0, num_validation_sessions=0)
         return self
 
     def export_coreml(self, path):
@@ -391,6 +460,15 @@ def _check_state(state):
             check.bad(key, f"is not a list of {len(feats)} numbers")
     if any(not (x > 0) for x in state["feature_std"]):
         check.bad("feature_std", "has a value that is not positive")
+    for prefix in ("training_", "validation_"):
+        for name, cols in _FRAME_COLUMNS.items():
+            v = state.get(prefix + name)
+            if v is None:
+                continue
+            if not (isinstance(v, dict) and set(v) == set(cols)
+                    and all(isinstance(v[c], list) for c in cols)
+                    and len({len(v[c]) for c in cols}) == 1):
+                check.bad(prefix + name, f"is not a table with columns {list(cols)}")
 
 
 def _check_weights_fit(state, weights):
@@ -581,9 +659,10 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     values = (values - mean32) / std32
 
+    valid_frame = None
     if isinstance(validation_set, pd.DataFrame):
-        valid = _prepare_validation(validation_set, session_id, target, features, class_index,
-                                    mean32, std32, prediction_window)
+        valid, valid_frame = _prepare_validation(validation_set, session_id, target, features,
+                                                 class_index, mean32, std32, prediction_window)
     elif isinstance(validation_set, str) and not train_mask.all():
         valid = _data.chunk(values, sessions, prediction_window, label_ids, len(classes),
                             session_mask=~train_mask)
@@ -594,14 +673,24 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
         "classes": classes, "prediction_window": prediction_window,
         "feature_mean": mean.tolist(), "feature_std": std.tolist(),
         "max_iterations": max_iterations, "batch_size": batch_size, "random_seed": seed,
-        "num_examples": int(len(dataset)), "num_sessions": int(len(sessions)),
+        # Training data only, as Turi Create counts it; validation has its own fields.
+        "num_examples": int(sessions.lengths[train_mask].sum()),
+        "num_sessions": int(train_mask.sum()),
+        "num_validation_examples": 0, "num_validation_sessions": 0,
         "num_classes": len(classes), "num_features": len(features),
+        "verbose": verbose, "use_data_augmentation": True,
     }
     if max_iterations is None and resume is not None:
         # 'Automatic' resumes with the checkpoint's choice: recomputing it could
         # give another number (other data) and refuse a resume the user did not
         # constrain.
         max_iterations = resume.setting("max_iterations")
+    if valid_frame is not None:
+        state.update(num_validation_examples=int(len(valid_frame)),
+                     num_validation_sessions=int(valid_frame[session_id].nunique()))
+    elif valid is not None:
+        state.update(num_validation_examples=int(sessions.lengths[~train_mask].sum()),
+                     num_validation_sessions=int((~train_mask).sum()))
     if max_iterations is None:
         train_windows = -(-sessions.lengths[train_mask] // prediction_window)
         max_iterations = _train.auto_iterations(
@@ -628,6 +717,17 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     log = _train.fit(model, values, sessions, label_ids, train_mask, valid, max_iterations,
                      batch_size, rng, verbose, checkpoint=checkpoint, resume=resume)
     model._state.update(log)
+    # Turi Create's training_* / validation_* fields: evaluate() of the final model on
+    # the training rows and the validation rows (per row, as evaluate() does).
+    model._state.update(_metric_state("training_", model, values, sessions, label_ids,
+                                      train_mask))
+    if valid_frame is not None:
+        per_row, _ = model._per_row_probs(valid_frame, "validation_set")
+        y = [V.norm_label(v) for v in valid_frame[target]]
+        model._state.update(_metrics_from_probs("validation_", y, per_row, classes))
+    elif valid is not None:
+        model._state.update(_metric_state("validation_", model, values, sessions, label_ids,
+                                          ~train_mask))
     model._state["training_time"] = round(time.perf_counter() - t_start, 3)
     say("Training complete", verbose)
     say(f"Total Time Spent: {model._state['training_time']:.1f}s", verbose)
@@ -658,11 +758,112 @@ def _prepare_validation(frame, session_id, target, features, class_index, mean, 
         frame = frame[known]
         y = y[known]
         if len(frame) == 0:
-            return None
+            return None, None
     values = V.numeric_features(frame, features, name)
     ids = np.array([class_index[V.norm_label(v)] for v in y], np.int64)
     sessions = _data.Sessions(V.check_session_ids(frame, session_id, name))
     values = (values[sessions.order] - mean) / std
-    return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index))
+    return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index)), frame
+
+
+# --- metrics fields ---------------------------------------------------------------
+
+
+def _metric_state(prefix, model, values, sessions, label_ids, session_mask):
+    """``prefix + metric`` state entries: the model evaluated per row on the sessions
+    of ``session_mask`` (standardised ``values`` and ``label_ids`` in sessions order)."""
+    probs, _ = model._sorted_row_probs(values, sessions)
+    rows = np.repeat(session_mask, sessions.lengths)
+    classes = model._state["classes"]
+    labels = [classes[i] for i in label_ids[rows]]
+    return _metrics_from_probs(prefix, labels, probs[rows], classes)
+
+
+def _metrics_from_probs(prefix, labels, probs, classes):
+    m = classifier_metrics(labels, probs, classes, "auto")
+    out = {prefix + name: (float(m[name]) if np.isfinite(m[name]) else None)
+           for name in _SCALAR_METRICS}
+    out[prefix + "confusion_matrix"] = _frame_to_json(m["confusion_matrix"])
+    out[prefix + "roc_curve"] = _frame_to_json(_thin_roc(m["roc_curve"]))
+    return out
+
+
+def _thin_roc(roc):
+    """At most ROC_POINTS_PER_CLASS rows per class: the first, the last, evenly spaced."""
+    parts = []
+    for _, part in roc.groupby("class", sort=False):
+        if len(part) > ROC_POINTS_PER_CLASS:
+            keep = np.unique(np.round(np.linspace(0, len(part) - 1,
+                                                  ROC_POINTS_PER_CLASS)).astype(int))
+            part = part.iloc[keep]
+        parts.append(part)
+    if not parts:
+        return roc
+    import pandas as pd
+    return pd.concat(parts, ignore_index=True)
+
+
+_FRAME_COLUMNS = {"confusion_matrix": ("target_label", "predicted_label", "count"),
+                  "roc_curve": ("class", "threshold", "fpr", "tpr", "p", "n")}
+_INT_COLUMNS = ("count", "p", "n")
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None     # JSON has no inf/NaN: only ROC's first threshold (inf) is affected
+    return v
+
+
+def _frame_to_json(frame):
+    """A metrics DataFrame as ``{column: [values]}`` for the JSON state."""
+    return {c: [_plain(v) for v in frame[c].tolist()] for c in frame.columns}
+
+
+def _frame_from_json(data, name):
+    """The DataFrame stored by _frame_to_json (None stays None)."""
+    if data is None:
+        return None
+    import pandas as pd
+    frame = pd.DataFrame({c: data[c] for c in _FRAME_COLUMNS[name]})
+    for c in _INT_COLUMNS:
+        if c in frame:
+            frame[c] = frame[c].astype(np.int64)
+    if name == "roc_curve":
+        # Thresholds are float32 probabilities, as evaluate() gives them (stored exactly).
+        frame["threshold"] = frame["threshold"].astype(float).fillna(np.inf).astype(np.float32)
+        for c in ("fpr", "tpr"):
+            frame[c] = frame[c].astype(float)
+    return frame
+
+
+# --- file versions ----------------------------------------------------------------
+
+
+def _v1_to_v2_state(state):
+    """A version-1 file gets: ``verbose`` True (create()'s default; v1 did not record it),
+    ``use_data_augmentation`` True (v1 training augmented too), the new metrics None
+    (not recorded; v1's ``training_accuracy``/``training_log_loss`` were per window
+    and are kept), and validation counts 0 when it had no validation set, else None
+    (unknown: v1's num_sessions/num_examples then included the validation sessions).
+    """
+    state.setdefault("verbose", True)
+    state.setdefault("use_data_augmentation", True)
+    had_validation = state.get("validation_accuracy") is not None
+    for key in ("num_validation_examples", "num_validation_sessions"):
+        state.setdefault(key, None if had_validation else 0)
+    for name in _SCALAR_METRICS + _FRAME_METRICS:
+        state.setdefault("training_" + name, None)
+        state.setdefault("validation_" + name, None)
+    return state
+
+
+ActivityClassifier._MIGRATIONS = {
+    1: VersionStep(state=_v1_to_v2_state, doc=(
+        "Version 2 adds Turi Create's fields (verbose, use_data_augmentation, validation "
+        "counts, per-row training/validation metrics); num_sessions/num_examples count "
+        "training data only.")),
+}
 
 
