@@ -79,16 +79,12 @@ def prepare(dataset, settings):
     import pandas as pd
     target, feature = settings.target, settings.feature
     y = V.check_labels(dataset, target)
-    classes = V.encode_labels(y, target)
-    if len(classes) < 2:
-        raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
-                        "a classifier needs at least two.")
-    class_index = {c: i for i, c in enumerate(classes)}
-    label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
+    classes, label_ids = V.class_ids(y, target)
     values, _, index, _ = _images.image_input(dataset, feature)
     valid = None
     if isinstance(settings.validation_set, pd.DataFrame):
-        valid = prepare_validation(settings.validation_set, feature, target, class_index)
+        valid = prepare_validation(settings.validation_set, feature, target,
+                                   {c: i for i, c in enumerate(classes)})
     train_rows = _hold_out(len(values), settings.validation_set, np.random.RandomState(settings.random_seed),
                            settings.verbose)
     if len(np.unique(label_ids[train_rows])) < 2:
