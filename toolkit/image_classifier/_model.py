@@ -5,7 +5,9 @@ Design (Turi Create's): a **frozen pretrained feature extractor** plus a
 EfficientNet-Lite0 with ImageNet weights (:mod:`toolkit.pretrained`), ported
 into mxnet; it maps each image, resized to 224x224 RGB, to a 1280-d vector.
 The classifier is trained in mxnet on those vectors, so a few dozen images per
-class are enough.
+class are enough. ``create`` is a list of steps: input checks and decoding in
+:mod:`._data`, training in :mod:`._train`, the networks and their weight names
+in :mod:`._net`.
 
 File versions of the ``image_classifier`` task (bump on any change of the
 stored state or weights, and add a migration to ``_MIGRATIONS``):
