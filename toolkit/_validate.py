@@ -322,6 +322,22 @@ def encode_labels(y, target):
     return sorted({norm_label(v) for v in y})
 
 
+def class_ids(y, target):
+    """``(classes, ids)``: the sorted classes of the labels ``y`` and each label's position.
+
+    Refuses labels of a single class: a classifier needs at least two.
+
+    >>> class_ids(np.array(["b", "a", "b"], dtype=object), "label")
+    (['a', 'b'], array([1, 0, 1]))
+    """
+    classes = encode_labels(y, target)
+    if len(classes) < 2:
+        raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
+                        "a classifier needs at least two.")
+    class_index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([class_index[norm_label(v)] for v in y], dtype=np.int64)
+
+
 class StateCheck:
     """The checks every task's ``_check_state`` makes of a stored state.
 

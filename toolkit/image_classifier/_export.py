@@ -122,8 +122,8 @@ def export_coreml(model, path):
         builder.add_pooling("pool", height=head_size, width=head_size, stride_height=1,
                             stride_width=1, layer_type="AVERAGE", padding_type="VALID",
                             input_name=head, output_name="features", is_global=True)
-        builder.add_inner_product("classifier", W=weights["classifier.weight"],
-                                  b=weights["classifier.bias"],
+        builder.add_inner_product("classifier", W=weights[_net.CLASSIFIER_WEIGHT],
+                                  b=weights[_net.CLASSIFIER_BIAS],
                                   input_channels=_net.NUM_FEATURES, output_channels=n_classes,
                                   has_bias=True, input_name="features", output_name="classifier")
         builder.add_softmax("softmax", "classifier", prob_name)

@@ -145,8 +145,8 @@ def export_onnx(model, path):
     head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w)
     y = g.node("GlobalAveragePool", [head], ["/pool/out"])
     y = g.node("Flatten", [y], ["/pool/flat"], axis=1)
-    y = g.node("Gemm", [y, g.initializer("/classifier/W", w["classifier.weight"]),
-                        g.initializer("/classifier/B", w["classifier.bias"])],
+    y = g.node("Gemm", [y, g.initializer("/classifier/W", w[_net.CLASSIFIER_WEIGHT]),
+                        g.initializer("/classifier/B", w[_net.CLASSIFIER_BIAS])],
                ["/classifier/out"], transB=1)
     probs = g.node("Softmax", [y], [prob_name], axis=1)
     index = g.node("ArgMax", [probs], [index_name], axis=1, keepdims=0)

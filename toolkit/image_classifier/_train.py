@@ -1,0 +1,331 @@
+"""Training of the image classifier.
+
+``create`` runs one training path. Each path takes the backbone of
+:func:`pretrained_backbone` (on the configured devices), the decoded input
+(:class:`._data.TrainingData`), the checked settings and, optionally,
+:class:`Snapshots` and a checkpoint to resume from; it returns ``(weight, bias,
+results)``: the classifier layer acting on raw features, and the results to
+merge into the model's state. A path that changes the backbone trains it in
+place. Paths:
+
+* :func:`train_frozen` (the only one so far): the backbone stays frozen. Its
+  features are extracted once (:func:`training_features`: on every device; in a
+  cluster each worker extracts its share and the rows are gathered), then a
+  softmax regression is fitted on them (:func:`fit_classifier`: full-batch
+  Adam on standardised features).
+
+Checkpoints (:class:`Snapshots`) are model files the training path fills in:
+the model so far plus what resuming needs.
+"""
+
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from .. import _checkpoint, _training, config
+from .._mx import mx
+from .._progress import ProgressTable, say
+from . import _data, _net
+
+# Classifier training: full-batch Adam on standardised features.
+_LEARNING_RATE = 0.01
+_STD_EPSILON = 1e-3
+_GRAD_CHUNK = 8192
+# Key-value store key for gathering features in a cluster; far from the trainer's keys
+# (parameter indices 0, 1, ...).
+_GATHER_KEY = 900001
+# Checkpoint arrays holding the optimizer's state are named OPTIMIZER/<name>.
+_OPTIMIZER = "optimizer"
+
+#: Features of a training run: ``train``/``train_ids`` the rows trained on,
+#: ``valid``/``valid_ids`` the validation rows (None without validation),
+#: ``seconds`` the time extraction took.
+Features = namedtuple("Features", "train train_ids valid valid_ids seconds")
+
+
+def pretrained_backbone(batch_size, num_images):
+    """``(backbone, ctxs, cluster)``: EfficientNet-Lite0 with ImageNet weights, on the devices.
+
+    The backbone is prepared for inference and its parameters live on every
+    configured device (``ctxs``); :func:`release` moves them back to the CPU.
+    """
+    from ..pretrained import load_efficientnet_lite0
+    backbone = _net.build_backbone(weights=load_efficientnet_lite0())
+    _net.prepare_backbone(backbone, batch_size, num_images)
+    ctxs, cluster = config.contexts(), config.cluster()
+    if config.off_default(ctxs):
+        backbone.collect_params().reset_ctx(ctxs)
+    return backbone, ctxs, cluster
+
+
+def release(backbone, ctxs):
+    """Move a trained backbone's parameters back to the CPU, where models predict."""
+    if config.off_default(ctxs):
+        backbone.collect_params().reset_ctx(mx().cpu())
+
+
+# --- the frozen-feature path -------------------------------------------------
+
+def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume=None):
+    """Fit the classifier on features of the frozen backbone.
+
+    ``settings``: :data:`._data.Settings` with the seed the run uses. Returns
+    ``(weight, bias, results)`` (see the module docstring); ``results`` holds
+    the training log, ``num_validation_examples`` and ``feature_extraction_time``.
+    """
+    verbose = settings.verbose
+    feats = training_features(backbone, data, settings, ctxs, cluster)
+    run_config = {"target": settings.target, "feature": settings.feature,
+                  "classes": data.classes, "model": settings.model,
+                  "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
+                  "random_seed": settings.random_seed,
+                  "validation_set": validation_config(settings.validation_set, feats.valid,
+                                                      feats.valid_ids)}
+    data_fingerprint = None
+    if snapshots is not None or resume is not None:
+        # Features rounded to 1e-3: the same images give the same fingerprint on any
+        # device, where float arithmetic differs in the last bits.
+        data_fingerprint = _checkpoint.fingerprint(np.round(feats.train, 3), feats.train_ids,
+                                                   data.classes)
+    if resume is not None:
+        resume.check_compatible(run_config, data_fingerprint)
+    if snapshots is not None:
+        snapshots.begin(run_config, data_fingerprint, _net.backbone_weights(backbone, ctxs[0]))
+    say("Training the classifier...", verbose)
+    weight, bias, log = fit_classifier(feats.train, feats.train_ids, feats.valid,
+                                       feats.valid_ids, len(data.classes), settings.l2_penalty,
+                                       settings.max_iterations, verbose, snapshots, resume)
+    log["num_validation_examples"] = int(0 if feats.valid is None else len(feats.valid))
+    log["feature_extraction_time"] = round(feats.seconds, 3)
+    return weight, bias, log
+
+
+def training_features(backbone, data, settings, ctxs, cluster):
+    """The :data:`Features` of the training and validation images."""
+    verbose, batch_size, feature = settings.verbose, settings.batch_size, settings.feature
+    say(f"Extracting {settings.model} features of {len(data.values)} images "
+        f"(resized to {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE}) on "
+        f"{config.describe(ctxs, cluster)}...", verbose)
+    t_start = time.perf_counter()
+    feats = gather_features(backbone, data.values, feature, data.index, batch_size, verbose,
+                            ctxs, cluster)
+    valid_feats = valid_ids = None
+    if data.valid is not None and len(data.valid[0]):
+        valid_values, valid_ids, valid_index = data.valid
+        say(f"Extracting features of {len(valid_values)} validation images...", verbose)
+        valid_feats = _data.extract(backbone, valid_values, feature, valid_index, batch_size,
+                                    verbose, ctxs=ctxs)
+    elif len(data.train_rows) < len(data.values):
+        held = data.held_out_rows
+        valid_feats, valid_ids = feats[held], data.label_ids[held]
+    return Features(feats[data.train_rows], data.label_ids[data.train_rows], valid_feats,
+                    valid_ids, time.perf_counter() - t_start)
+
+
+def gather_features(backbone, values, column, index, batch_size, verbose, ctxs, cluster):
+    """Features of the training images, on every device and cluster worker.
+
+    In a cluster each worker extracts every ``num_workers``-th image starting
+    at its rank, and the rows are gathered through the key-value store (a
+    push of each worker's rows, zeros elsewhere, sums to the whole matrix),
+    so every worker ends with the same features. This runs before any
+    trainer exists: the servers then add pushes up instead of applying an
+    optimizer.
+    """
+    if cluster is None:
+        return _data.extract(backbone, values, column, index, batch_size, verbose, ctxs=ctxs)
+    nd = mx().nd
+    n = len(values)
+    rows = np.arange(cluster.rank, n, cluster.num_workers)
+    mine = _data.extract(backbone, values[rows], column, index[rows], batch_size,
+                         verbose, ctxs=ctxs)
+    full = np.zeros((n, _net.NUM_FEATURES), np.float32)
+    full[rows] = mine
+    key = _GATHER_KEY
+    cluster.kvstore.init(key, nd.zeros(full.shape))
+    cluster.kvstore.push(key, nd.array(full))
+    out = nd.zeros(full.shape)
+    cluster.kvstore.pull(key, out=out)
+    return out.asnumpy()
+
+
+def validation_config(validation_set, valid_feats, valid_ids):
+    """How validation was chosen, for comparing a resumed run's settings."""
+    if validation_set is None or isinstance(validation_set, str):
+        return validation_set
+    if valid_feats is None:
+        return "dataframe (no usable rows)"
+    return "dataframe " + _checkpoint.fingerprint(np.round(valid_feats, 3), valid_ids)[:16]
+
+
+def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbose,
+                   snapshots=None, resume=None):
+    """Softmax regression on standardised features, full-batch Adam in mxnet.
+
+    Minimises ``mean(log loss) + l2_penalty * ||W||^2``. Starts from zeros,
+    so it is deterministic. Returns ``(weight, bias, log)``: the weights acting
+    on *raw* features (the standardisation folded in) and the final metrics.
+
+    It runs on the first configured device only: it takes about a second,
+    and splitting the rows between devices would only change the rounding of
+    the summed gradient, which Adam magnifies for near-constant features (seen:
+    probabilities 1.7e-4 apart on two CPU devices). Feature extraction, the
+    expensive part, uses every device. A cluster does not take part here:
+    every worker holds all the features (see :func:`gather_features`) and
+    computes the same deterministic steps.
+    ``snapshots``: :class:`Snapshots` (begun) to write checkpoints with;
+    ``resume``: a :class:`toolkit._checkpoint.Checkpoint` to continue from.
+    """
+    nd = mx().nd
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = np.sqrt(X.var(axis=0, dtype=np.float64) + _STD_EPSILON)
+    Xvs = nd.array(((Xv - mean) / std).astype(np.float32)) if Xv is not None else None
+    dense, run, first = _training_layer(num_classes, X.shape[1], resume, verbose)
+    ctx0 = run.ctxs[0]
+    Xs = nd.array(((X - mean) / std).astype(np.float32), ctx=ctx0)
+    yn = nd.array(y.astype(np.float32), ctx=ctx0)
+
+    cols = ["Iteration", "Train Accuracy", "Train Loss"]
+    if Xvs is not None:
+        cols += ["Validation Accuracy", "Validation Loss"]
+    table = ProgressTable(cols + ["Elapsed Time"], verbose)
+    table.start()
+    report_every = max(1, max_iterations // 10)
+    for it in range(first, max_iterations + 1):
+        total_loss, correct = _step(dense, run, Xs, yn, l2_penalty)
+        if it == 1 or it % report_every == 0 or it == max_iterations:
+            row = [it, correct / len(X), max(total_loss / len(X), 0.0)]
+            if Xvs is not None:
+                row += list(_evaluate(dense, ctx0, Xvs, yv))
+            table.row(*row, f"{table.elapsed():.1f}")
+        if snapshots is not None:
+            snapshots.write_if_due(it, max_iterations, lambda: (
+                _net.classifier_weights(*_folded(dense, ctx0, mean, std)),
+                _training.optimizer_arrays(run),
+                {_net.CHECKPOINT_WEIGHT: dense.weight.data(ctx0).asnumpy(),
+                 _net.CHECKPOINT_BIAS: dense.bias.data(ctx0).asnumpy()}))
+    table.finish()
+    train_acc, train_loss = _evaluate(dense, ctx0, Xs, y)
+    log = {"training_iterations": max_iterations,
+           "training_accuracy": round(train_acc, 6), "training_loss": round(train_loss, 6),
+           "validation_accuracy": None, "validation_loss": None}
+    if Xvs is not None:
+        vacc, vloss = _evaluate(dense, ctx0, Xvs, yv)
+        log.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
+    w_raw, b_raw = _folded(dense, ctx0, mean, std)
+    return w_raw, b_raw, log
+
+
+def _training_layer(num_classes, num_features, resume, verbose):
+    """``(dense, run, first_iteration)``: the layer trained on standardised features.
+
+    Zeros, or the resumed checkpoint's layer and optimizer state. Gradients
+    accumulate (``grad_req='add'``) over the chunks of the full batch.
+    """
+    nd = mx().nd
+    dense = mx().gluon.nn.Dense(num_classes, in_units=num_features, prefix="train_classifier_")
+    dense.initialize(mx().init.Zero())
+    if resume is not None:
+        dense.weight.set_data(nd.array(resume.arrays[_net.CHECKPOINT_WEIGHT]))
+        dense.bias.set_data(nd.array(resume.arrays[_net.CHECKPOINT_BIAS]))
+    run = _training.setup(dense, "adam", {"learning_rate": _LEARNING_RATE}, use_cluster=False,
+                          ctxs=config.contexts()[:1])
+    for p in dense.collect_params().values():
+        p.grad_req = "add"
+    first = 1
+    if resume is not None:
+        _training.restore_optimizer(run, resume.extra.get("optimizer"),
+                                    resume.arrays_under(_OPTIMIZER))
+        first = int(resume.position["iteration"]) + 1
+        say(resume.describe(), verbose)
+    return dense, run, first
+
+
+def _step(dense, run, Xs, yn, l2_penalty):
+    """One full-batch Adam step; returns ``(summed log loss, correct count)`` before it."""
+    autograd, nd = mx().autograd, mx().nd
+    n = Xs.shape[0]
+    ctx0 = run.ctxs[0]
+    total_loss = correct = 0.0
+    for s in range(0, n, _GRAD_CHUNK):
+        # mxnet 1.5 refuses an NDArray slice that ends past the array: clamp.
+        e = min(s + _GRAD_CHUNK, n)
+        xb, yb = Xs[s:e], yn[s:e]
+        with autograd.record():
+            logits = dense(xb)
+            nll = -nd.pick(nd.log_softmax(logits, axis=-1), yb, axis=-1)
+            loss = nll.sum() / n
+            if s == 0 and l2_penalty > 0:
+                loss = loss + l2_penalty * (dense.weight.data(ctx0) ** 2).sum()
+        loss.backward()
+        total_loss += float(nll.sum().asscalar())
+        correct += float((logits.argmax(axis=-1) == yb).sum().asscalar())
+    run.trainer.step(1)
+    for p in dense.collect_params().values():
+        p.zero_grad()
+    return total_loss, correct
+
+
+def _evaluate(dense, ctx, data, labels):
+    """``(accuracy, mean log loss)`` of the layer on standardised features."""
+    nd = mx().nd
+    logp = nd.log_softmax(dense(data.as_in_context(ctx)), axis=-1).asnumpy()
+    return (float(np.mean(logp.argmax(axis=1) == labels)),
+            max(float(-np.mean(logp[np.arange(len(labels)), labels])), 0.0))
+
+
+def _folded(dense, ctx, mean, std):
+    """The dense layer's weights acting on raw features (standardisation folded in)."""
+    w = dense.weight.data(ctx).asnumpy().astype(np.float64)
+    b = dense.bias.data(ctx).asnumpy().astype(np.float64)
+    w_raw = w / std
+    b_raw = b - w_raw @ mean
+    return w_raw.astype(np.float32), b_raw.astype(np.float32)
+
+
+# --- checkpoints --------------------------------------------------------------
+
+class Snapshots:
+    """The checkpoints of one training run: when to write one, and what it holds.
+
+    A checkpoint is a model file (``tc.load_model`` reads it) of the model so
+    far: the ``state`` given here (what ``create`` knows before training) and
+    every weight under its model-file name. It also holds what resuming needs:
+    the iteration, the run's settings, the data's fingerprint and the arrays
+    of the training path (its optimizer's state, its own layers).
+
+    The training path calls :meth:`begin` once before its first iteration and
+    :meth:`write_if_due` after each.
+    """
+
+    def __init__(self, path, every, task, file_version, state):
+        self.path, self.every = path, every
+        self.task, self.file_version, self.state = task, file_version, dict(state)
+        self.schedule = self.run_config = self.data_fingerprint = None
+        self.fixed_weights = {}
+
+    def begin(self, run_config, data_fingerprint, fixed_weights):
+        """Start the schedule's clock; ``fixed_weights``: weights training leaves alone."""
+        self.run_config, self.data_fingerprint = run_config, data_fingerprint
+        self.fixed_weights = fixed_weights
+        self.schedule = _checkpoint.Schedule(self.path, self.every, config.is_writer())
+
+    def write_if_due(self, iteration, max_iterations, contents):
+        """Write after ``iteration`` when due; ``contents()`` -> ``(weights, optimizer, arrays)``.
+
+        ``weights``: the trained weights under model-file names; ``optimizer``:
+        :func:`toolkit._training.optimizer_arrays`; ``arrays``: more arrays to
+        resume from. Called only when a checkpoint is written.
+        """
+        if self.schedule.due(iteration, final=(iteration == max_iterations)):
+            self.schedule.write(lambda: self._snapshot(iteration, max_iterations, *contents()))
+
+    def _snapshot(self, iteration, max_iterations, weights, optimizer, arrays):
+        meta, opt = optimizer
+        arrays = dict(arrays, **{f"{_OPTIMIZER}/{k}": v for k, v in opt.items()})
+        return dict(task=self.task, file_version=self.file_version, state=self.state,
+                    weights=dict(self.fixed_weights, **weights),
+                    position={"iteration": iteration, "max_iterations": max_iterations},
+                    config=self.run_config, data_fingerprint=self.data_fingerprint,
+                    extra={"optimizer": meta}, arrays=arrays)
