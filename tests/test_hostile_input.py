@@ -149,16 +149,31 @@ def test_labels_that_cannot_be_classes_are_refused(labels, match):
 
 # --- image classifier labels (shared checks; refused before any image is decoded) ----------
 
-@pytest.mark.parametrize("labels, match", [
-    ([True, False], "holds booleans"),
-    ([["r"], ["g"]], "holds list values"),
-])
-def test_image_classifier_refuses_bool_and_list_labels(labels, match):
+def _tiny_images(labels):
     images = [np.full((8, 8), v, np.uint8) for v in (0, 255)] * 2
-    data = pd.DataFrame({"image": images,
+    return pd.DataFrame({"image": images,
                          "label": pd.Series([labels[i % 2] for i in range(4)], dtype=object)})
-    with pytest.raises(DataError, match=match):
-        tc.image_classifier.create(data, target="label", max_iterations=1, verbose=False)
+
+
+def test_image_classifier_refuses_list_labels():
+    with pytest.raises(DataError, match="holds list values"):
+        tc.image_classifier.create(_tiny_images([["r"], ["g"]]), target="label",
+                                   max_iterations=1, verbose=False)
+
+
+def test_image_classifier_bool_labels_round_trip_as_bools(tmp_path):
+    # Before: the classes came back as the strings 'True'/'False'.
+    data = _tiny_images([True, False])
+    model = tc.image_classifier.create(data, target="label", max_iterations=0,
+                                       verbose=False, random_seed=0)
+    assert model.classes == [False, True]
+    # max_iterations=0 means automatic (the default), never an untrained model.
+    assert model.training_iterations == tc.image_classifier._model.DEFAULT_MAX_ITERATIONS
+    pred = model.predict(data)
+    assert all(isinstance(p, bool) for p in pred)
+    assert model.evaluate(data)["accuracy"] == pytest.approx(np.mean(pred == data["label"]))
+    model.save(tmp_path / "b.model")
+    assert tc.load_model(tmp_path / "b.model").predict(data).tolist() == pred.tolist()
 
 
 # --- max_iterations=0 ---------------------------------------------------------------------

@@ -126,6 +126,13 @@ def test_checkpoint_loads_as_a_detector_and_settings_must_match(scenes, tmp_path
     assert again.random_seed == 0
     assert np.abs(decoded(again, scenes.image[:3]) - decoded(model, scenes.image[:3])).max() \
         <= 1e-6
+    # Automatic settings (0 or None) take the checkpoint's values instead of being
+    # chosen again (before: "max_iterations: checkpoint 6, given 500" and batch 32 vs 8).
+    auto = tc.object_detector.create(scenes, max_iterations=None, batch_size=0, verbose=False,
+                                     resume_from=str(ckpt))
+    assert auto.training_iterations == 6 and auto.batch_size == BATCH
+    assert np.abs(decoded(auto, scenes.image[:3]) - decoded(model, scenes.image[:3])).max() \
+        <= 1e-6
     # Other data only warns.
     with pytest.warns(ToolkitWarning, match="differs"):
         train(scenes.iloc[:10], resume_from=str(ckpt))

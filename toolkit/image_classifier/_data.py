@@ -63,7 +63,7 @@ def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations,
         raise InvalidParameterError(
             f"'l2_penalty' must be a finite number >= 0, got {l2_penalty!r}.")
     return Settings(target=target, feature=feature, model=model, l2_penalty=float(l2_penalty),
-                    max_iterations=V.check_int(max_iterations, "max_iterations", 0),
+                    max_iterations=V.check_max_iterations(max_iterations),
                     batch_size=V.check_int(batch_size, "batch_size", 1),
                     verbose=V.check_bool(verbose, "verbose"),
                     random_seed=V.check_seed(random_seed),
@@ -78,15 +78,15 @@ def prepare(dataset, settings):
     """
     import pandas as pd
     target, feature = settings.target, settings.feature
-    y = V.check_labels(dataset, target)
+    y = V.check_labels(dataset, target, allow_bool=True)
     classes, label_ids = V.class_ids(y, target)
     values, _, index, _ = _images.image_input(dataset, feature)
     valid = None
     if isinstance(settings.validation_set, pd.DataFrame):
         valid = prepare_validation(settings.validation_set, feature, target,
                                    {c: i for i, c in enumerate(classes)})
-    train_rows = _hold_out(len(values), settings.validation_set, np.random.RandomState(settings.random_seed),
-                           settings.verbose)
+    train_rows = _hold_out(len(values), settings.validation_set,
+                           np.random.RandomState(settings.random_seed), settings.verbose)
     if len(np.unique(label_ids[train_rows])) < 2:
         raise DataError("After holding out the validation images only one class is left to "
                         "train on; pass validation_set=None or add images.")
@@ -119,7 +119,7 @@ def prepare_validation(frame, feature, target, class_index):
     name = "validation_set"
     V.check_dataframe(frame, name)
     V.check_columns_exist(frame, [feature, target], "validation_set", name)
-    y = V.check_labels(frame, target, name)
+    y = V.check_labels(frame, target, name, allow_bool=True)
     labels = [V.norm_label(v) for v in y]
     known = np.array([v in class_index for v in labels], bool)
     if not known.all():

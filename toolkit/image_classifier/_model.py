@@ -291,7 +291,8 @@ class ImageClassifier(Model):
                 f"and '{self._state['target']}', got {type(dataset).__name__}.")
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [self._state["target"]], "target")
-        y = np.array([V.norm_label(v) for v in V.check_labels(dataset, self._state["target"])],
+        y = np.array([V.norm_label(v) for v in V.check_labels(dataset, self._state["target"],
+                                                              allow_bool=True)],
                      dtype=object)
         probs, _, _ = self._predict_probs(dataset, batch_size, verbose)
         return classifier_metrics(y, probs, self._state["classes"], metric)
@@ -316,7 +317,7 @@ def _check_state(state):
     """Refuse a stored state that cannot describe a model (a damaged or edited file)."""
     check = V.StateCheck(state, "image classifier")
     check.require("target", "feature", "classes", "model", "input_image_shape")
-    check.classes(minimum=2).column_names("target", "feature")
+    check.classes(minimum=2, allow_bool=True).column_names("target", "feature")
     check.one_of("model", _net.MODELS)
     check.equals("input_image_shape", [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE])
 
@@ -384,7 +385,8 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
         3,500 training images.
     max_iterations : int, default 100
         Full-batch Adam steps (learning rate 0.01) of the classifier training.
-        Training is cheap once features are extracted.
+        Training is cheap once features are extracted. ``0`` or ``None``: the
+        default (when resuming: the checkpoint's).
     validation_set : 'auto', pandas.DataFrame or None
         ``'auto'`` holds out 5% of the rows (at random) for validation when
         there are at least 100 rows, otherwise trains on everything (and says
@@ -463,7 +465,11 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
     random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
     seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
                                                            % 2**32)
-    settings = settings._replace(random_seed=seed)
+    # max_iterations None or 0: automatic, i.e. the default, or the checkpoint's when resuming.
+    max_iterations = settings.max_iterations or (
+        resume.setting("max_iterations") if resume is not None else None) \
+        or DEFAULT_MAX_ITERATIONS
+    settings = settings._replace(random_seed=seed, max_iterations=max_iterations)
     data = _data.prepare(dataset, settings)
     state = _initial_state(settings, data)
     snapshots = None
