@@ -119,3 +119,62 @@ def test_a_file_of_a_newer_version_is_refused_for_every_task(task, tmp_path):
     for part in (task, f"version {cls._FILE_VERSION + 1}", "9.1.0",
                  f"up to version {cls._FILE_VERSION}", "pip install -U"):
         assert part in msg, (part, msg)
+
+
+# --- the image tasks: every version folder ------------------------------------------------
+
+IC_DIRS = sorted(glob.glob(os.path.join(FIXTURES, "image_classifier", "v*")))
+OD_DIRS = sorted(glob.glob(os.path.join(FIXTURES, "object_detector", "v*")))
+
+
+@pytest.mark.parametrize("folder", IC_DIRS, ids=os.path.basename)
+def test_image_classifier_fixture_reproduces_recorded_outputs(folder):
+    """Each tests/fixtures/image_classifier/v*/ (see its PROVENANCE.md) loads and
+    predicts as recorded when it was made."""
+    import _image_data as D
+    model = tc.load_model(os.path.join(folder, "model.model"))
+    images = list(np.load(os.path.join(folder, "input_faces.npy"))) + \
+        [np.load(os.path.join(folder, "input_photo.npy"))]
+    frame = D.as_frame(images)
+    expected = np.load(os.path.join(folder, "expected_probabilities.npy"))
+    np.testing.assert_allclose(np.stack(model.predict(frame, output_type="probability_vector")),
+                               expected, rtol=0, atol=1e-4)
+    features = np.load(os.path.join(folder, "expected_features_first16.npy"))
+    np.testing.assert_allclose(model.extract_features(frame)[:, :16], features, rtol=0,
+                               atol=1e-4)
+    with open(os.path.join(folder, "expected_classes.txt")) as f:
+        assert list(map(str, model.predict(frame))) == f.read().split()
+
+
+@pytest.mark.parametrize("folder", OD_DIRS, ids=os.path.basename)
+def test_object_detector_fixture_reproduces_recorded_outputs(folder):
+    import json
+    model = tc.load_model(os.path.join(folder, "model.model"))
+    images = np.load(os.path.join(folder, "input_scenes.npy"))
+    col = np.empty(len(images), dtype=object)
+    for i, im in enumerate(images):
+        col[i] = im
+    raw = np.concatenate([r for _, r, _ in model._raw(col, "image", pd.RangeIndex(len(col)))])
+    np.testing.assert_allclose(raw, np.load(os.path.join(folder, "expected_raw_outputs.npy")),
+                               rtol=0, atol=1e-4)
+    with open(os.path.join(folder, "expected_predictions.json")) as f:
+        expected = json.load(f)
+    got = model.predict(pd.DataFrame({"image": col}), confidence_threshold=0.1)
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        assert [d["label"] for d in e] == [d["label"] for d in g]
+        np.testing.assert_allclose([d["confidence"] for d in e], [d["confidence"] for d in g],
+                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.array([[d["coordinates"][k] for k in ("x", "y", "width", "height")]
+                      for d in e]).reshape(-1, 4),
+            np.array([[d["coordinates"][k] for k in ("x", "y", "width", "height")]
+                      for d in g]).reshape(-1, 4), atol=1e-3)
+
+
+def test_every_fixture_folder_is_checked_by_a_task_test():
+    """A new v*/ folder of any task is picked up by the globs above (none is skipped)."""
+    for task, dirs in (("activity_classifier", AC_DIRS), ("image_classifier", IC_DIRS),
+                       ("object_detector", OD_DIRS)):
+        on_disk = sorted(glob.glob(os.path.join(FIXTURES, task, "v*")))
+        assert dirs == on_disk and dirs, task

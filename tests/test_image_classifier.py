@@ -381,26 +381,3 @@ def test_named_column_may_hold_paths_without_image_extensions(tmp_path):
         _images.find_image_column(frame, exclude=("label",))
     assert _images.find_image_column(frame, feature="file") == "file"
     assert _images.to_rgb_array(str(path), 4).shape == (4, 4, 3)
-
-
-def test_frozen_v1_fixture_reproduces_recorded_outputs():
-    """tests/fixtures/image_classifier/v1 (see its PROVENANCE.md) loads and predicts as
-    recorded when it was made."""
-    import hashlib
-    folder = os.path.join(ROOT, "tests", "fixtures", "image_classifier", "v1")
-    with open(os.path.join(folder, "SHA256SUMS")) as f:
-        for digest, name in (line.split() for line in f if line.strip()):
-            with open(os.path.join(folder, name), "rb") as g:
-                assert hashlib.sha256(g.read()).hexdigest() == digest, name
-    model = tc.load_model(os.path.join(folder, "model.model"))
-    images = list(np.load(os.path.join(folder, "input_faces.npy"))) + \
-        [np.load(os.path.join(folder, "input_photo.npy"))]
-    frame = D.as_frame(images)
-    expected = np.load(os.path.join(folder, "expected_probabilities.npy"))
-    np.testing.assert_allclose(np.stack(model.predict(frame, output_type="probability_vector")),
-                               expected, rtol=0, atol=1e-4)
-    features = np.load(os.path.join(folder, "expected_features_first16.npy"))
-    np.testing.assert_allclose(model.extract_features(frame)[:, :16], features, rtol=0,
-                               atol=1e-4)
-    with open(os.path.join(folder, "expected_classes.txt")) as f:
-        assert list(model.predict(frame)) == f.read().split()

@@ -2,8 +2,6 @@
 save/load, bad input, drawing, the quokka photo and the frozen v1 fixture."""
 
 import ast
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -337,33 +335,6 @@ def test_quokka_photo_predict_smoke(model):
     # The one annotated photo is a valid (if tiny) training set.
     m = tc.object_detector.create(q, max_iterations=2, verbose=False)
     assert m.classes == ["animal"]
-
-
-def test_frozen_v1_fixture_reproduces_recorded_outputs():
-    folder = os.path.join(ROOT, "tests", "fixtures", "object_detector", "v1")
-    with open(os.path.join(folder, "SHA256SUMS")) as f:
-        for digest, name in (line.split() for line in f if line.strip()):
-            with open(os.path.join(folder, name), "rb") as g:
-                assert hashlib.sha256(g.read()).hexdigest() == digest, name
-    model = tc.load_model(os.path.join(folder, "model.model"))
-    images = np.load(os.path.join(folder, "input_scenes.npy"))
-    col = np.empty(len(images), dtype=object)
-    for i, im in enumerate(images):
-        col[i] = im
-    raw = np.concatenate([r for _, r, _ in model._raw(col, "image", pd.RangeIndex(len(col)))])
-    np.testing.assert_allclose(raw, np.load(os.path.join(folder, "expected_raw_outputs.npy")),
-                               rtol=0, atol=1e-4)
-    with open(os.path.join(folder, "expected_predictions.json")) as f:
-        expected = json.load(f)
-    got = model.predict(pd.DataFrame({"image": col}), confidence_threshold=0.1)
-    for e, g in zip(expected, got):
-        assert [d["label"] for d in e] == [d["label"] for d in g]
-        np.testing.assert_allclose([d["confidence"] for d in e], [d["confidence"] for d in g],
-                                   atol=1e-5)
-        np.testing.assert_allclose(
-            [[d["coordinates"][k] for k in ("x", "y", "width", "height")] for d in e],
-            np.array([[d["coordinates"][k] for k in ("x", "y", "width", "height")]
-                      for d in g]).reshape(-1, 4), atol=1e-3)
 
 
 def test_damaged_stored_state_is_refused_naming_the_field():
