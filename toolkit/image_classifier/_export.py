@@ -118,7 +118,8 @@ def export_coreml(model, path):
         builder = NeuralNetworkBuilder([(feature, datatypes.Array(3, size, size))],
                                        [(prob_name, datatypes.Array(n_classes))],
                                        mode="classifier")
-        head, head_size, _ = _coreml_writer.write_backbone(builder, weights, feature)
+        head, head_size, _ = _coreml_writer.write_backbone(builder, weights, feature,
+                                                           prefix=_net.BACKBONE_PREFIX)
         builder.add_pooling("pool", height=head_size, width=head_size, stride_height=1,
                             stride_width=1, layer_type="AVERAGE", padding_type="VALID",
                             input_name=head, output_name="features", is_global=True)

@@ -142,7 +142,8 @@ def export_onnx(model, path):
     x = g.input(feature, np.float32, [BATCH, 3, size, size],
                 f"RGB image, channels first, pixel values 0-255, {size}x{size} (stretch the "
                 "photo to fill, bilinear; EXIF orientation applied, alpha dropped)")
-    head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w)
+    head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
+                                          prefix=_net.BACKBONE_PREFIX)
     y = g.node("GlobalAveragePool", [head], ["/pool/out"])
     y = g.node("Flatten", [y], ["/pool/flat"], axis=1)
     y = g.node("Gemm", [y, g.initializer("/classifier/W", w[_net.CLASSIFIER_WEIGHT]),

@@ -80,7 +80,8 @@ def build_network(model, conf_name, coord_name):
         [(conf_name, datatypes.Array(num_boxes, num_classes)),
          (coord_name, datatypes.Array(num_boxes, 4))])
     w = get_weights(model._net)
-    x, _, fine = _coreml_writer.write_backbone(b, w, feature, fine_block=_net.FINE_BLOCK)
+    x, _, fine = _coreml_writer.write_backbone(b, w, feature, fine_block=_net.FINE_BLOCK,
+                                               prefix=_net.BACKBONE + ".")
     coarse = _head_conv(b, w, "conv1", x)
     fine = _head_conv(b, w, "fine", fine, kernel=3, pad=1, stride=2)
     b.add_elementwise("head_concat", input_names=[coarse, fine], output_name="head_concat",

@@ -197,7 +197,8 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
     conf_in = g.input("confidenceThreshold", np.float32, [],
                       f"(optional) confidence threshold (default: {conf_t})", default=conf_t)
     coarse, fine = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
-                                               fine_block=_net.FINE_BLOCK)
+                                               fine_block=_net.FINE_BLOCK,
+                                               prefix=_net.BACKBONE + ".")
     raw = _write_head(g, w, coarse, fine)                        # (B, A(5+C), G, G)
     coords, conf = _write_decoding(g, raw, anchors, num_classes)
     _write_selection(g, coords, conf, iou_in, conf_in, labels, label_dtype)

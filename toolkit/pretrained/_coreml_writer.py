@@ -13,22 +13,23 @@ from . import _efficientnet
 
 
 class _Layers:
-    def __init__(self, builder, weights):
+    def __init__(self, builder, weights, prefix):
         self.b = builder
         self.w = weights
+        self.prefix = prefix
 
     def conv(self, prefix, x, cin, cout, kernel, stride, in_size, groups, act):
         b, w = self.b, self.w
         name = prefix.replace(".", "_")
         (before, after), _ = _efficientnet.same_padding(in_size, kernel, stride)
-        kernel_w = w[f"backbone.{prefix}.conv.weight"]          # (cout, cin/groups, k, k)
+        kernel_w = w[f"{self.prefix}{prefix}.conv.weight"]          # (cout, cin/groups, k, k)
         b.add_convolution(
             name + "_conv", kernel_channels=cin // groups, output_channels=cout, height=kernel,
             width=kernel, stride_height=stride, stride_width=stride, border_mode="valid",
             groups=groups, W=np.ascontiguousarray(kernel_w.transpose(2, 3, 1, 0)), b=None,
             has_bias=False, input_name=x, output_name=name + "_conv", padding_top=before,
             padding_bottom=after, padding_left=before, padding_right=after)
-        bn = f"backbone.{prefix}.bn."
+        bn = f"{self.prefix}{prefix}.bn."
         b.add_batchnorm(name + "_bn", channels=cout, gamma=w[bn + "gamma"], beta=w[bn + "beta"],
                         mean=w[bn + "running_mean"], variance=w[bn + "running_var"],
                         input_name=name + "_conv", output_name=name + "_bn",
@@ -48,15 +49,16 @@ class _Layers:
         return f"blocks_{i}_add"
 
 
-def write_backbone(builder, weights, x, fine_block=None):
+def write_backbone(builder, weights, x, fine_block=None, prefix="backbone."):
     """Add the backbone to a ``NeuralNetworkBuilder``, reading ``x`` (in [-1, 1]).
 
-    ``weights`` holds the ``backbone.*`` arrays. Returns ``(head, size,
+    ``weights`` holds the backbone's arrays under ``prefix`` (the task network's
+    name for its backbone, from the task's ``_net``). Returns ``(head, size,
     fine)`` as :func:`toolkit.pretrained._efficientnet.walk`: blob names of the
     1280-channel head output (``size`` x ``size``) and of block
     ``fine_block``'s output.
     """
-    layers = _Layers(builder, weights)
+    layers = _Layers(builder, weights, prefix)
     return _efficientnet.walk(layers.conv, layers.add, x, fine_block)
 
 

@@ -34,9 +34,10 @@ def scale_input(g, x):
 
 
 class _Nodes:
-    def __init__(self, g, weights):
+    def __init__(self, g, weights, prefix):
         self.g = g
         self.w = weights
+        self.prefix = prefix
         self._relu6 = None
 
     def _relu6_bounds(self):
@@ -48,8 +49,8 @@ class _Nodes:
     def conv(self, prefix, x, cin, cout, kernel, stride, in_size, groups, act):
         g, w = self.g, self.w
         name = "/backbone/" + prefix.replace(".", "/")
-        bn = f"backbone.{prefix}.bn."
-        weight, bias = fold_batchnorm(w[f"backbone.{prefix}.conv.weight"], w[bn + "gamma"],
+        bn = f"{self.prefix}{prefix}.bn."
+        weight, bias = fold_batchnorm(w[f"{self.prefix}{prefix}.conv.weight"], w[bn + "gamma"],
                                       w[bn + "beta"], w[bn + "running_mean"],
                                       w[bn + "running_var"])
         # TF "same" padding for the fixed 224x224 input, as the mxnet network pads.
@@ -67,10 +68,11 @@ class _Nodes:
         return self.g.node("Add", [y, x], [f"/backbone/blocks/{i}/add"])
 
 
-def write_backbone(g, x, weights, fine_block=None):
+def write_backbone(g, x, weights, fine_block=None, prefix="backbone."):
     """Add EfficientNet-Lite0 (input in [-1, 1]) up to its head convolution's
     ReLU6 output (B, 1280, 7, 7). Returns ``(head, fine)``, ``fine`` the output
-    of block ``fine_block`` (``None`` when not asked for)."""
-    nodes = _Nodes(g, weights)
+    of block ``fine_block`` (``None`` when not asked for). ``weights`` holds the
+    backbone's arrays under ``prefix`` (the task network's name for it)."""
+    nodes = _Nodes(g, weights, prefix)
     head, _, fine = _efficientnet.walk(nodes.conv, nodes.add, x, fine_block)
     return head, fine
