@@ -630,8 +630,7 @@ def create(dataset, target, feature=None, model="efficientnet-lite0", l2_penalty
     if isinstance(validation_set, pd.DataFrame):
         valid_values, valid_ids, valid_index = _prepare_validation(
             validation_set, feature, target, class_index)
-    seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
-                                                           % 2**32)
+    seed = config.shared_seed(random_seed)
     rng = np.random.RandomState(seed)
     train_rows = np.arange(len(values))
     if isinstance(validation_set, str):

@@ -594,8 +594,7 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         random_seed = V.check_seed(random_seed)
     # A concrete seed even when none was given, so that a resumed run draws
     # from the same stream as the interrupted one.
-    seed = random_seed if random_seed is not None else int(
-        np.random.SeedSequence().entropy % 2**32)
+    seed = config.shared_seed(random_seed)
     feature = _images.find_image_column(dataset, feature,
                                         exclude=(annotations,) if annotations else ())
     if annotations is None:
