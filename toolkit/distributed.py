@@ -893,7 +893,7 @@ class _Cluster:
                         if finished else ""))
             idle = self.idle_for(self.t_end)
             waiting = (running and self.idle_seconds is not None
-                       and idle >= min(self.idle_seconds, self.timeout / 2))
+                       and idle >= self.idle_seconds)
             if waiting:
                 lines.append(
                     f"No unfinished worker used the CPU in the last {idle:.0f} s: a worker "
