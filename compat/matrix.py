@@ -32,13 +32,16 @@ to pick another). The code that runs inside the environments is
 """
 
 import argparse
+import atexit
 import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,8 +84,108 @@ def task_tolerance(task, args):
     return max(args.tolerance, TASKS[task].get("tolerance", 0.0))
 
 
+#: Seconds between "still running" lines while a long step (a pip install, a worker)
+#: runs, so that a caller sees progress.
+HEARTBEAT_SECONDS = 30
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+# --- child processes ---------------------------------------------------------------
+# Every child (venv, pip and its builds, probes, workers) runs in a process group of
+# its own, recorded here, so that an interrupt, a SIGTERM, a timeout or an error
+# stops the whole tree: nothing outlives the matrix.
+
+_children = set()
+_children_lock = threading.Lock()
+_stopping = threading.Event()     # set on the way out: start nothing new
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _kill_all_children():
+    _stopping.set()
+    with _children_lock:
+        procs = list(_children)
+    for proc in procs:
+        _kill_group(proc)
+
+
+atexit.register(_kill_all_children)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def run(cmd, timeout=None, env=None, cwd=None, heartbeat=None):
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in a process group of its own.
+
+    The group is killed on timeout (``subprocess.TimeoutExpired`` is raised, as
+    by ``subprocess.run``) and on any exception, Ctrl-C included. ``heartbeat``:
+    a function of the elapsed seconds returning a progress line, logged every
+    ``HEARTBEAT_SECONDS``.
+    """
+    popen_kw = {"start_new_session": True} if os.name == "posix" else {}
+    with _children_lock:
+        if _stopping.is_set():
+            raise RuntimeError("the matrix is stopping; not starting " + " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=cwd, **popen_kw)
+        _children.add(proc)
+    t0 = time.monotonic()
+    out, err = [], []
+    readers = [threading.Thread(target=lambda f=f, acc=acc: acc.append(f.read()), daemon=True)
+               for f, acc in ((proc.stdout, out), (proc.stderr, err))]
+    for t in readers:
+        t.start()
+    try:
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - t0)
+            if left is not None and left <= 0:
+                _kill_group(proc)
+                proc.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            wait = HEARTBEAT_SECONDS if left is None else min(HEARTBEAT_SECONDS, left)
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                if heartbeat is not None:
+                    log(heartbeat(time.monotonic() - t0))
+        for t in readers:
+            t.join(timeout=10)
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        if proc.poll() is not None:
+            # A grandchild may still run in the group (a pip build, say).
+            _kill_group(proc)
+        with _children_lock:
+            _children.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))
+
+
+def _size_mb(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total / 1e6
 
 
 # --- environments ------------------------------------------------------------------
@@ -105,8 +208,7 @@ def _probe(env_dir, version):
             f"assert m.version('mxnet') == {want!r}, m.version('mxnet');"
             "assert numpy.__version__ == '1.23.5', numpy.__version__")
     try:
-        r = subprocess.run([_env_python(env_dir), "-c", code], capture_output=True,
-                           text=True, timeout=300, env=_clean_env())
+        r = run([_env_python(env_dir), "-c", code], timeout=300, env=_clean_env())
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -171,7 +273,9 @@ def _ensure_env(envs_dir, version, python, rebuild):
     _run_checked([python, "-m", "venv", env_dir], f"venv for mxnet {version}")
     _run_checked([_env_python(env_dir), "-m", "pip", "install", "--quiet",
                   "--disable-pip-version-check", *spec["requirements"]],
-                 f"pip install for mxnet {version}")
+                 f"pip install for mxnet {version}",
+                 heartbeat=lambda t: f"[mxnet {version}] still installing ({t:.0f}s, "
+                                     f"{_size_mb(env_dir):.0f} MB so far)")
     if not _probe(env_dir, version):
         raise RuntimeError(f"the new environment for mxnet {version} does not import mxnet "
                            "and its dependencies")
@@ -179,12 +283,13 @@ def _ensure_env(envs_dir, version, python, rebuild):
     # Written last: an interrupted build has no marker and is rebuilt next time.
     with open(marker, "w", encoding="utf-8") as f:
         json.dump({"spec": spec, "build_seconds": round(seconds, 1)}, f, indent=1)
-    log(f"[mxnet {version}] environment ready in {seconds:.0f}s")
+    log(f"[mxnet {version}] environment ready in {seconds:.0f}s "
+        f"({_size_mb(env_dir):.0f} MB)")
     return env_dir, seconds, False
 
 
-def _run_checked(cmd, what):
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env())
+def _run_checked(cmd, what, heartbeat=None):
+    r = run(cmd, env=_clean_env(), heartbeat=heartbeat)
     if r.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {r.returncode}):\n{r.stdout[-3000:]}"
                            f"{r.stderr[-3000:]}")
@@ -205,10 +310,9 @@ def call_worker(env_dir, request, work_dir, name, timeout, extra_env=None):
         os.unlink(resp_path)
     t0 = time.perf_counter()
     try:
-        r = subprocess.run([_env_python(env_dir), WORKER, req_path, resp_path],
-                           capture_output=True, text=True, timeout=timeout,
-                           env=_clean_env(dict(extra_env or {}, PYTHONPATH=REPO)),
-                           cwd=work_dir)
+        r = run([_env_python(env_dir), WORKER, req_path, resp_path], timeout=timeout,
+                env=_clean_env(dict(extra_env or {}, PYTHONPATH=REPO)), cwd=work_dir,
+                heartbeat=lambda t: f"[{name}] still running ({t:.0f}s)")
     except subprocess.TimeoutExpired:
         return {"ok": False, "toolkit_error": False, "error_type": "Timeout",
                 "error": f"the worker ran over {timeout}s"}
@@ -417,6 +521,19 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _exit_on_signal)
+    try:
+        return _main(args)
+    except BaseException:
+        # Before the thread pools wait for their threads: kill what those threads wait on.
+        _kill_all_children()
+        raise
+
+
+def _main(args):
     t_start = time.perf_counter()
     os.makedirs(args.envs_dir, exist_ok=True)
     envs, build_notes, build_failed = {}, {}, False
@@ -427,19 +544,26 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 - reported in the matrix
             return v, None, f"{type(e).__name__}: {e}"
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for v, built, err in pool.map(build, args.versions):
-            if built is None:
-                pip_errors = [ln for ln in err.splitlines() if ln.startswith("ERROR:")]
-                envs[v] = None
-                build_notes[v] = "FAILED to build: " + (pip_errors[0] if pip_errors
-                                                        else _first_line(err))[:200]
-                build_failed = True
-                log(f"[mxnet {v}] environment FAILED: {err}")
-            else:
-                envs[v] = built[0]
-                build_notes[v] = (f"reused ({built[1]:.0f}s check)" if built[2]
-                                  else f"built in {built[1]:.0f}s")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
+        results = list(pool.map(build, args.versions))
+    except BaseException:
+        _kill_all_children()       # before anything waits for the builds' threads
+        raise
+    finally:
+        pool.shutdown(wait=False)
+    for v, built, err in results:
+        if built is None:
+            pip_errors = [ln for ln in err.splitlines() if ln.startswith("ERROR:")]
+            envs[v] = None
+            build_notes[v] = "FAILED to build: " + (pip_errors[0] if pip_errors
+                                                    else _first_line(err))[:200]
+            build_failed = True
+            log(f"[mxnet {v}] environment FAILED: {err}")
+        else:
+            envs[v] = built[0]
+            build_notes[v] = (f"reused ({built[1]:.0f}s check)" if built[2]
+                              else f"built in {built[1]:.0f}s")
     t_envs = time.perf_counter() - t_start
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="toolkit-matrix-")

@@ -87,3 +87,10 @@ def test_config_does_not_import_mxnet():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_shared_seed_outside_a_cluster():
+    assert tc.config.shared_seed(7) == 7
+    drawn = {tc.config.shared_seed(None) for _ in range(5)}
+    assert all(isinstance(s, int) and 0 <= s < 2**32 for s in drawn)
+    assert len(drawn) > 1            # drawn from entropy, not a fixed default

@@ -24,10 +24,16 @@ an mxnet parameter-server cluster: ``create`` then trains with the
 ``dist_sync`` key-value store, each worker computing its share of every
 global batch, and only the worker of rank 0 writes model files and
 checkpoints. :func:`cluster` tells a script its rank.
+
+Every random decision of a cluster run (validation split, shuffling,
+augmentation, dropout, weight initialisation) must be the same on every
+worker, or their step counts and batches disagree (a deadlock or silently
+mismatched gradients). :func:`shared_seed` gives every worker rank 0's seed.
 """
 
 import os
 import re
+import warnings
 
 from .errors import InvalidParameterError
 
@@ -270,6 +276,73 @@ def cluster():
     return _cluster
 
 
+# Key-value store keys for sharing seeds: one per call (a key is initialised once),
+# far from the trainers' keys (parameter indices 0, 1, ...) and the image
+# classifier's feature-gathering key (900001).
+_SEED_KEY_BASE = 800000
+_seed_calls = 0
+
+
+def _draw_seed():
+    import numpy as np
+    return int(np.random.SeedSequence().entropy % 2**32)
+
+
+def shared_seed(random_seed):
+    """The seed a ``create()`` uses: the user's, else one drawn; in a cluster, rank 0's.
+
+    Outside a cluster this returns ``random_seed``, or a seed drawn from the
+    operating system's entropy when it is None. In a cluster every worker must
+    call it at the same point (every ``create()`` does, before any data step):
+    rank 0 resolves its ``random_seed`` the same way and every worker receives
+    that value through the key-value store, so all workers split, shuffle,
+    augment and initialise identically. A worker given another seed than rank
+    0's uses rank 0's and warns.
+
+    Parameters
+    ----------
+    random_seed : int or None
+        An int in [0, 2**32 - 1] (already checked) or None.
+
+    Returns
+    -------
+    int
+        The seed to use, in [0, 2**32 - 1]; store it as the model's
+        ``random_seed`` so that a run can be repeated.
+
+    Examples
+    --------
+    >>> from toolkit import config
+    >>> config.shared_seed(7)
+    7
+    >>> 0 <= config.shared_seed(None) < 2**32
+    True
+    """
+    seed = _draw_seed() if random_seed is None else int(random_seed)
+    info = cluster()
+    if info is None:
+        return seed
+    global _seed_calls
+    key = _SEED_KEY_BASE + _seed_calls
+    _seed_calls += 1
+    nd = _mx().nd
+    # Two 16-bit halves: float32 (the key-value store's type) holds each exactly.
+    halves = nd.array([seed >> 16, seed & 0xFFFF], dtype="float32")
+    info.kvstore.init(key, halves)          # the servers keep rank 0's value
+    received = nd.zeros((2,), dtype="float32")
+    info.kvstore.pull(key, out=received)
+    hi, lo = (int(v) for v in received.asnumpy())
+    shared = (hi << 16) | lo
+    if random_seed is not None and shared != seed:
+        from ._metrics import ToolkitWarning
+        warnings.warn(
+            f"random_seed: this worker (rank {info.rank}) was given {seed} but the worker of "
+            f"rank 0 uses {shared}; every worker of a cluster uses rank 0's seed, so this one "
+            f"trains with {shared}. Give every worker the same random_seed.",
+            ToolkitWarning, stacklevel=2)
+    return shared
+
+
 def is_writer():
     """Whether this process writes model files and checkpoints (rank 0, or no cluster)."""
     if not in_cluster():
@@ -277,4 +350,5 @@ def is_writer():
     return cluster().rank == 0
 
 
-__all__ = ["set_devices", "set_num_gpus", "get_num_gpus", "get_devices", "cluster", "in_cluster", "Cluster"]
+__all__ = ["set_devices", "set_num_gpus", "get_num_gpus", "get_devices", "cluster", "in_cluster",
+           "Cluster", "shared_seed"]

@@ -16,9 +16,11 @@ all roles on 127.0.0.1::
 It picks a free port (and tries another when the port turns out to be taken),
 gives every process exactly the variables of its role (inherited ``DMLC_*`` and
 ``PS_*`` variables are dropped), streams the workers' output prefixed with
-``[worker N]``, and, because mxnet never notices a dead peer (the others wait for it
-forever), stops the whole job as soon as one process fails or the timeout passes,
-raising :class:`toolkit.errors.DistributedError`. No process outlives the call.
+``[worker RANK]``, and, because mxnet never notices a dead peer (the others wait for
+it forever), stops the whole job as soon as one process fails or the timeout passes,
+raising :class:`toolkit.errors.DistributedError`. When the workers sit without using
+the CPU it says that one is waiting for a peer, and which have not finished. No
+process outlives the call, not even one a worker started in a session of its own.
 
 Only POSIX systems are supported (process groups are used to stop whole trees).
 This module does not import mxnet.
@@ -27,6 +29,7 @@ This module does not import mxnet.
 import collections
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -50,7 +53,21 @@ GRACE_SECONDS = 3.0
 #: Seconds the scheduler and servers may take to exit after every worker succeeded.
 EXIT_WAIT_SECONDS = 10.0
 
+#: Seconds without CPU use by any unfinished worker after which the launcher says that
+#: a worker is waiting for a peer (the default of ``launch(..., idle_seconds=)``).
+IDLE_SECONDS = 60.0
+
+#: Seconds a worker's output is held back until its kvstore rank is known (it is then
+#: printed as ``[worker RANK]``); a worker that has not joined the cluster by then is
+#: numbered by its launch position.
+RANK_WAIT_SECONDS = 30.0
+
 _POLL = 0.05
+_READ_TICK = 0.1
+_SAMPLE_EVERY = 1.0
+# A worker tree that used less than this share of one core over a sample is idle.
+_IDLE_CPU_SHARE = 0.02
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _INHERITED_PREFIXES = ("DMLC_", "PS_")
 _INFRA_CODE = "import mxnet"
 
@@ -128,7 +145,7 @@ def role_environment(role, root_uri, root_port, num_workers, num_servers,
 
 
 def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose=True,
-           port=None, port_attempts=5):
+           port=None, port_attempts=5, idle_seconds=IDLE_SECONDS):
     """Run ``command`` as every worker of a parameter-server job on this machine.
 
     Starts a scheduler, ``num_servers`` servers and ``num_workers`` workers on
@@ -161,14 +178,21 @@ def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose
         get ``PYTHONUNBUFFERED=1`` unless it is set, so their output streams.
     verbose : bool, default True
         Print the cluster's start and the workers' output, each line prefixed with
-        ``[worker RANK]`` (``[worker #I]``, I the launch order, until the rank is
-        known). When False nothing is printed; errors still carry the output's last
-        lines.
+        ``[worker RANK]``, RANK the worker's kvstore rank. A worker's lines are held
+        back until ps-lite tells its rank (when the script joins the cluster); a
+        worker that has not joined within ``RANK_WAIT_SECONDS`` (30 s) or ends
+        without joining is numbered by its launch position instead. When False
+        nothing is printed; errors still carry the output's last lines.
     port : int, optional
         The scheduler's first port to try; by default a free one is picked. When the
         port is taken another free port is tried, ``port_attempts`` times in all.
     port_attempts : int, default 5
         How many ports to try for the scheduler.
+    idle_seconds : float or None, default 60
+        When no unfinished worker (nor any process it started) has used the CPU for
+        this long, say that a worker is waiting for a peer and name the workers that
+        did not finish (printed when ``verbose``; a timeout's error says it too).
+        None: never. Linux only (it reads /proc).
 
     Returns
     -------
@@ -184,6 +208,14 @@ def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose
         exit code or signal, the last lines of its error output and what to do.
         The attributes ``role``, ``rank``, ``returncode``, ``signal``,
         ``timed_out``, ``stderr_tail`` and ``pids`` hold the same facts.
+
+    Notes
+    -----
+    The timeout holds whatever the workers leave behind: output pipes are read
+    without blocking, and a process a worker started in a session of its own (or
+    any process still holding a worker's output) is stopped with the job. SIGTERM
+    and SIGHUP received while ``launch`` runs in the main thread (with their
+    default handling) stop the job before the process exits, as Ctrl-C does.
 
     Examples
     --------
@@ -218,6 +250,12 @@ def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose
                 or not timeout > 0:
             raise InvalidParameterError(
                 f"timeout must be a positive number of seconds or None, not {timeout!r}.")
+    if idle_seconds is not None:
+        if isinstance(idle_seconds, bool) or not isinstance(idle_seconds, (int, float)) \
+                or not idle_seconds > 0:
+            raise InvalidParameterError(
+                f"idle_seconds must be a positive number of seconds or None, not "
+                f"{idle_seconds!r}.")
     if env is not None:
         if not hasattr(env, "items") or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
@@ -226,11 +264,16 @@ def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose
         raise DistributedError("The local cluster launcher needs a POSIX system "
                                "(Linux, macOS): it stops process groups.")
     cluster = _Cluster(command, num_workers, num_servers, timeout, dict(env or {}),
-                       verbose, port, port_attempts)
+                       verbose, port, port_attempts, idle_seconds)
+    previous = _exit_on_termination()
     try:
         cluster.run()
     finally:
-        cluster.stop()
+        try:
+            cluster.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if cluster.failure is not None:
         raise cluster.error()
     return LaunchResult(cluster.port, cluster.elapsed(), cluster.pids(),
@@ -238,6 +281,26 @@ def launch(command, num_workers=2, num_servers=1, timeout=600, env=None, verbose
 
 
 # --- internals ---------------------------------------------------------------
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_termination():
+    """Turn SIGTERM/SIGHUP into SystemExit while a job runs, so that it is stopped.
+
+    Only in the main thread and only for signals left at their default action
+    (which would end the process without running any cleanup); returns the
+    handlers to restore.
+    """
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _raise_exit)
+    return previous
+
 
 def _check_int(value, name, low):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -274,8 +337,81 @@ def _signal_name(number):
         return f"signal {number}"
 
 
+def _stat(pid):
+    """``(ppid, pgid, cpu_seconds, start_ticks)`` of a live process from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return (int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / _CLK_TCK,
+            int(fields[19]))
+
+
+def _process_table():
+    """``{pid: (ppid, pgid, cpu_seconds, start_ticks)}`` of every live process (Linux)."""
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                table[int(name)] = st
+    return table
+
+
+def _descendants(roots, table):
+    """Pids of every live descendant of ``roots`` (found through their parents)."""
+    children = collections.defaultdict(list)
+    for pid, st in table.items():
+        children[st[0]].append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _pipe_holders(inodes):
+    """Pids of processes (other than this one) with one of the pipes ``inodes`` open."""
+    wanted = {f"pipe:[{i}]" for i in inodes}
+    holders = set()
+    if not wanted:
+        return holders
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return holders
+    me = os.getpid()
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                if os.readlink(f"/proc/{name}/fd/{fd}") in wanted:
+                    holders.add(int(name))
+                    break
+        except OSError:
+            continue
+    return holders
+
+
 class _Proc:
-    """One process of the job, its output readers and the tail of its output."""
+    """One process of the job, its output readers and the tail of its output.
+
+    The output is read from pipes this object owns, with ``select`` and
+    non-blocking reads: a process that the worker left behind (in a session of
+    its own, say) may keep a pipe open forever, and nothing here ever waits
+    for that pipe to close. :meth:`close` stops the readers within a fraction
+    of a second whatever the other end does.
+    """
 
     def __init__(self, role, index, argv, env, verbose, lock):
         self.role, self.index, self.verbose, self._lock = role, index, verbose, lock
@@ -285,18 +421,32 @@ class _Proc:
         self.tail = collections.deque(maxlen=TAIL_LINES)      # stderr (all output: infra)
         self.out_tail = collections.deque(maxlen=TAIL_LINES)  # a worker's stdout
         self.started = time.monotonic()
+        self.tree = {}            # pid -> start ticks of every descendant seen so far
+        self._stop = threading.Event()
+        self._held = []           # (stream, line) printed once the rank is known
+        self._held_lock = threading.Lock()
+        self._numbered_by_launch = False
         worker = role == "worker"
-        self.popen = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE if worker else subprocess.STDOUT,
-            start_new_session=True, text=True, encoding="utf-8", errors="replace",
-            bufsize=1)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe() if worker else (None, None)
+        try:
+            self.popen = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
+                stderr=err_w if worker else subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            for fd in (out_r, out_w, err_r, err_w):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        os.close(out_w)
+        if err_w is not None:
+            os.close(err_w)
         self.pid = self.popen.pid
-        self.threads = [threading.Thread(target=self._read, args=(self.popen.stdout, "out"),
-                                         daemon=True)]
+        self.pipe_inodes = [os.fstat(fd).st_ino for fd in (out_r, err_r) if fd is not None]
+        self.threads = [threading.Thread(target=self._read, args=(out_r, "out"), daemon=True)]
         if worker:
-            self.threads.append(threading.Thread(
-                target=self._read, args=(self.popen.stderr, "err"), daemon=True))
+            self.threads.append(threading.Thread(target=self._read, args=(err_r, "err"),
+                                                 daemon=True))
         for t in self.threads:
             t.start()
 
@@ -304,43 +454,99 @@ class _Proc:
         if self.role == "worker":
             if self.kv_rank is not None:
                 return f"worker rank {self.kv_rank} (pid {self.pid})"
-            return f"worker #{self.index} (launch order; rank not known yet; pid {self.pid})"
+            return (f"worker {self.index} in launch order (its kvstore rank was not known; "
+                    f"pid {self.pid})")
         if self.role == "server":
-            return f"server #{self.index} (pid {self.pid})"
+            return f"server {self.index} (pid {self.pid})"
         return f"scheduler (pid {self.pid})"
 
-    def prefix(self):
-        return (f"[worker {self.kv_rank}] " if self.kv_rank is not None
-                else f"[worker #{self.index}] ")
+    def short(self):
+        """``worker 1`` (its rank; its launch position while the rank is not known)."""
+        return f"worker {self.kv_rank if self.kv_rank is not None else self.index}"
 
-    def _read(self, pipe, which):
+    def _read(self, fd, which):
+        os.set_blocking(fd, False)
+        pending = b""
         try:
-            for line in iter(pipe.readline, ""):
-                line = line.rstrip("\n")
-                if self.role == "scheduler":
-                    if _SCHEDULER_BOUND.search(line):
-                        self.bound.set()
-                    if _BIND_FAILED in line:
-                        self.bind_failed = True
-                if self.role == "worker" and which == "err":
-                    m = _WORKER_CONNECTED.search(line)
-                    if m:
-                        # ps-lite numbers workers 9, 11, 13... (rank * 2 + 9).
-                        self.kv_rank = (int(m.group(1)) - 9) // 2
-                if _PS_NOISE.search(line):
+            while True:
+                stopping = self._stop.is_set()
+                if not stopping:
+                    try:
+                        ready, _, _ = select.select([fd], [], [], _READ_TICK)
+                    except InterruptedError:
+                        continue
+                    if not ready:
+                        continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    if stopping:
+                        break          # drained what was there; the other end may live on
                     continue
-                (self.out_tail if self.role == "worker" and which == "out"
-                 else self.tail).append(line)
-                if self.role == "worker" and self.verbose:
-                    stream = sys.stdout if which == "out" else sys.stderr
-                    with self._lock:
-                        try:
-                            stream.write(self.prefix() + line + "\n")
-                            stream.flush()
-                        except (OSError, ValueError):
-                            pass
-        except (OSError, ValueError):
+                if not chunk:
+                    break              # end of file: every writer closed the pipe
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._line(line.decode("utf-8", "replace"), which)
+        except OSError:
             pass
+        finally:
+            if pending:
+                self._line(pending.decode("utf-8", "replace"), which)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _line(self, line, which):
+        line = line.rstrip("\r")
+        if self.role == "scheduler":
+            if _SCHEDULER_BOUND.search(line):
+                self.bound.set()
+            if _BIND_FAILED in line:
+                self.bind_failed = True
+        if self.role == "worker" and which == "err":
+            m = _WORKER_CONNECTED.search(line)
+            if m:
+                # ps-lite numbers workers 9, 11, 13... (rank * 2 + 9).
+                self.kv_rank = (int(m.group(1)) - 9) // 2
+                self.release_held()
+        if _PS_NOISE.search(line):
+            return
+        (self.out_tail if self.role == "worker" and which == "out" else self.tail).append(line)
+        if self.role == "worker" and self.verbose:
+            with self._held_lock:
+                if self.kv_rank is None and not self._numbered_by_launch:
+                    self._held.append((which, line))
+                    return
+            self._print(which, line)
+
+    def _print(self, which, line):
+        stream = sys.stdout if which == "out" else sys.stderr
+        with self._lock:
+            try:
+                stream.write(f"[{self.short()}] {line}\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def release_held(self, by_launch_order=False):
+        """Print the lines held back while the rank was not known.
+
+        ``by_launch_order``: the rank will not be known (the worker ended, or
+        took too long to join the cluster): number this worker's lines by its
+        launch position from now on.
+        """
+        with self._held_lock:
+            if by_launch_order and self.kv_rank is None:
+                self._numbered_by_launch = True
+            held, self._held = self._held, []
+        for which, line in held:
+            self._print(which, line)
+
+    def has_held(self):
+        return bool(self._held)
 
     def tail_block(self, limit=TAIL_LINES):
         """The last lines of the error output (of the output if that was empty)."""
@@ -354,6 +560,11 @@ class _Proc:
 
     def poll(self):
         return self.popen.poll()
+
+    def remember_tree(self, table):
+        """Note this process's descendants, to stop those that leave its process group."""
+        for pid in _descendants([self.pid], table):
+            self.tree.setdefault(pid, table[pid][3])
 
     def signal_group(self, sig):
         try:
@@ -371,21 +582,23 @@ class _Proc:
         return True
 
     def close(self):
+        """Stop the output readers (they finish within a fraction of a second)."""
+        self._stop.set()
         for t in self.threads:
-            t.join(timeout=2.0)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+            t.join(timeout=1.0)
+        if self.verbose:
+            self.release_held(by_launch_order=True)
 
 
 class _Cluster:
     def __init__(self, command, num_workers, num_servers, timeout, env, verbose, port,
-                 port_attempts):
+                 port_attempts, idle_seconds=IDLE_SECONDS):
         self.command, self.num_workers, self.num_servers = command, num_workers, num_servers
         self.timeout, self.user_env, self.verbose = timeout, env, verbose
+        self.idle_seconds = idle_seconds
+        self.idle_start = None       # since when no unfinished worker used the CPU
+        self.idle_reported = False
+        self._last_sample = None     # (time, cpu seconds of the unfinished workers)
         self.first_port, self.port_attempts = port, port_attempts
         self.port = None
         self.scheduler, self.servers, self.workers = None, [], []
@@ -482,6 +695,7 @@ class _Cluster:
         return False
 
     def _watch(self):
+        next_sample = time.monotonic()
         while True:
             done = True
             for proc in self.workers + self.servers + [self.scheduler]:
@@ -493,6 +707,14 @@ class _Cluster:
                     done = False
             if done:
                 break
+            now = time.monotonic()
+            for w in self.workers:
+                if w.kv_rank is None and (now - w.started > RANK_WAIT_SECONDS
+                                          or w.poll() is not None):
+                    w.release_held(by_launch_order=True)
+            if now >= next_sample:
+                next_sample = now + _SAMPLE_EVERY
+                self._sample(now)
             if self._timed_out():
                 self.failure = ("timeout", None, (
                     "training", [w for w in self.workers if w.poll() is None]))
@@ -508,25 +730,104 @@ class _Cluster:
             self._say("training finished; stopping " + ", ".join(
                 p.label() for p in self.lingering) + ", which did not exit by itself")
 
+    def _sample(self, now):
+        """Remember every process's descendants; notice when the workers sit idle."""
+        table = _process_table()
+        if not table:
+            return                  # no /proc: neither is possible
+        for p in self.all:
+            p.remember_tree(table)
+        running = [w for w in self.workers if w.poll() is None]
+        pids = {w.pid for w in running} | _descendants([w.pid for w in running], table)
+        cpu = sum(table[p][2] for p in pids if p in table)
+        last, self._last_sample = self._last_sample, (now, cpu)
+        if last is None:
+            return
+        if cpu - last[1] > _IDLE_CPU_SHARE * (now - last[0]):
+            self.idle_start, self.idle_reported = None, False
+            return
+        if self.idle_start is None:
+            self.idle_start = last[0]
+        if (self.idle_seconds is not None and not self.idle_reported
+                and now - self.idle_start >= self.idle_seconds):
+            self.idle_reported = True
+            self._say(self._idle_text(now))
+
+    def idle_for(self, now=None):
+        """Seconds the unfinished workers have used no CPU (0 when they are busy)."""
+        if self.idle_start is None:
+            return 0.0
+        return (now or time.monotonic()) - self.idle_start
+
+    def _idle_text(self, now=None):
+        running = _by_rank(w for w in self.workers if w.poll() is None)
+        finished = _by_rank(w for w in self.workers if w.poll() == 0)
+        text = (f"no worker has used the CPU for {self.idle_for(now):.0f} s: a worker is "
+                "waiting for a peer (a push, pull or barrier that another worker does not "
+                "make). Not finished: " + (", ".join(w.label() for w in running) or "none"))
+        if finished:
+            text += "; finished: " + ", ".join(w.label() for w in finished)
+        return text + "."
+
     # -- stopping -----------------------------------------------------------------
+    def _strays(self):
+        """``(pid, pgid)`` of descendants seen earlier that are still the same processes."""
+        found = []
+        for p in self.all:
+            for pid, start in p.tree.items():
+                st = _stat(pid)
+                if st is not None and st[3] == start:
+                    found.append((pid, st[1]))
+        return found
+
+    def _signal_strays(self, strays, sig):
+        own_group = os.getpgrp()
+        for pid, pgid in strays:
+            try:
+                if pgid not in (own_group, 0) and pgid not in {p.pid for p in self.all}:
+                    os.killpg(pgid, sig)       # a group or session of its own
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def stop(self):
-        """Stop every process group (SIGTERM, then SIGKILL) and reap everything."""
+        """Stop every process of the job (SIGTERM, then SIGKILL) and its output readers.
+
+        Process groups are signalled, and so is every descendant seen while
+        the job ran (one that started a session of its own leaves the group)
+        and every process still holding an output pipe of the job. Nothing here
+        waits without a bound, so a stray process cannot hold the launcher.
+        """
         procs = list(self.all)
         if procs:
-            for p in procs:
-                p.signal_group(signal.SIGTERM)
-            until = time.monotonic() + GRACE_SECONDS
-            while time.monotonic() < until and any(p.group_alive() for p in procs):
-                time.sleep(_POLL)
+            try:
+                table = _process_table()
+                for p in procs:
+                    p.remember_tree(table)
+                strays = self._strays()
+                for p in procs:
+                    p.signal_group(signal.SIGTERM)
+                self._signal_strays(strays, signal.SIGTERM)
+                until = time.monotonic() + GRACE_SECONDS
+                while time.monotonic() < until and (
+                        any(p.group_alive() for p in procs) or self._strays()):
+                    time.sleep(_POLL)
+            except KeyboardInterrupt:
+                pass                 # a second Ctrl-C: go straight to SIGKILL
             for p in procs:
                 p.signal_group(signal.SIGKILL)
+            self._signal_strays(self._strays(), signal.SIGKILL)
+            holders = _pipe_holders([i for p in procs for i in p.pipe_inodes])
+            self._signal_strays([(pid, 0) for pid in holders], signal.SIGKILL)
             for p in procs:
                 try:
                     p.popen.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
             until = time.monotonic() + 5.0
-            while time.monotonic() < until and any(p.group_alive() for p in procs):
+            while time.monotonic() < until and (
+                    any(p.group_alive() for p in procs) or self._strays()
+                    or any(_stat(pid) for pid in holders)):
                 time.sleep(_POLL)
             for p in procs:
                 p.close()
@@ -583,16 +884,35 @@ class _Cluster:
             lines = [f"Distributed training did not finish within the timeout of "
                      f"{self.timeout:g} s ({phase}); the launcher stopped every process "
                      "of the job."]
+            running = _by_rank(running)
+            finished = _by_rank(w for w in self.workers if w.popen.returncode == 0)
             if running:
-                lines.append("Workers still running then: " + ", ".join(
-                    w.label() for w in running) + ".")
-                for w in running[:4]:
-                    lines += [""] + w.tail_block(8)
-            lines += ["", "Fix: if training needs longer, raise the timeout (launch(..., "
-                      "timeout=SECONDS) or --timeout SECONDS). If it should have finished, "
-                      "a worker is waiting for a peer: every worker must make the same "
-                      "pushes and pulls (run the same number of steps), and a process that "
-                      "died on another machine is never noticed by mxnet."]
+                lines.append("Workers that did not finish: " + ", ".join(
+                    w.label() for w in running) + "." + (
+                        " Finished: " + ", ".join(w.label() for w in finished) + "."
+                        if finished else ""))
+            idle = self.idle_for(self.t_end)
+            waiting = (running and self.idle_seconds is not None
+                       and idle >= self.idle_seconds)
+            if waiting:
+                lines.append(
+                    f"No unfinished worker used the CPU in the last {idle:.0f} s: a worker "
+                    "is waiting for a peer (a push, pull or barrier that another worker "
+                    "does not make), so a longer timeout would not help.")
+            for w in running[:4]:
+                lines += [""] + w.tail_block(8)
+            if waiting:
+                lines += ["", "Fix: every worker must make the same pushes and pulls: run "
+                          "the same number of steps (same data size per worker, same "
+                          "max_iterations) and make every random choice from the same seed "
+                          "(toolkit's create() does). A process that died on another "
+                          "machine is never noticed by mxnet."]
+            else:
+                lines += ["", "Fix: if training needs longer, raise the timeout (launch(..., "
+                          "timeout=SECONDS) or --timeout SECONDS). If it should have "
+                          "finished, a worker is waiting for a peer: every worker must make "
+                          "the same pushes and pulls (run the same number of steps), and a "
+                          "process that died on another machine is never noticed by mxnet."]
         elif kind == "ports":
             ports = ", ".join(map(str, detail))
             lines = ["Could not start the parameter-server scheduler: "
@@ -612,6 +932,10 @@ class _Cluster:
         for k, v in attrs.items():
             setattr(err, k, v)
         return err
+
+
+def _by_rank(workers):
+    return sorted(workers, key=lambda w: (w.kv_rank is None, w.kv_rank or 0, w.index))
 
 
 def _tail_block(title, tail, limit=TAIL_LINES):
@@ -642,6 +966,10 @@ def main(argv=None):
                         help="seconds the whole job may take; 0 for no limit (default 600)")
     parser.add_argument("--port", type=int, default=None,
                         help="the scheduler's first port to try (default: a free one)")
+    parser.add_argument("--idle-seconds", type=float, default=IDLE_SECONDS,
+                        help="say that a worker is waiting for a peer when no unfinished "
+                             "worker used the CPU for this long; 0: never (default "
+                             f"{IDLE_SECONDS:g})")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="do not print the workers' output")
     parser.add_argument("command", nargs=argparse.REMAINDER,
@@ -658,7 +986,8 @@ def main(argv=None):
     try:
         result = launch(command, num_workers=args.num_workers, num_servers=args.num_servers,
                         timeout=args.timeout if args.timeout > 0 else None,
-                        verbose=not args.quiet, port=args.port)
+                        verbose=not args.quiet, port=args.port,
+                        idle_seconds=args.idle_seconds if args.idle_seconds > 0 else None)
     except (DistributedError, InvalidParameterError) as exc:
         print(f"toolkit.distributed: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -375,6 +375,7 @@ class ActivityClassifier(Model):
             Chunks per step; default: the model's ``batch_size``.
         verbose : bool, default True
         random_seed : int, optional
+            ``None`` picks one; in a cluster every worker uses rank 0's.
 
         Returns
         -------
@@ -407,9 +408,9 @@ class ActivityClassifier(Model):
                 "Train a new model with create() to add classes.")
         values, sessions = self._prepare(dataset)
         label_ids = np.array([index[v] for v in labels], np.int64)[sessions.order]
+        seed = config.shared_seed(seed)       # the same on every worker of a cluster
         rng = np.random.RandomState(seed)
-        if seed is not None:
-            mx().random.seed(seed)
+        mx().random.seed(seed)
         log = _train.fit(self, values, sessions, label_ids, np.ones(len(sessions), bool), None,
                          max_iterations, batch_size, rng, verbose,
                          first_iteration=int(s.get("training_iterations") or 0) + 1)
@@ -542,7 +543,8 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     random_seed : int, optional
         Seed for weight initialisation, validation split, shuffling,
         augmentation and dropout. ``None`` picks one (when resuming: the
-        checkpoint's).
+        checkpoint's); in a cluster rank 0 picks it and every worker uses that
+        one (``model.random_seed`` tells which).
     checkpoint_path : str, optional
         Write a training checkpoint to this file (atomically, replacing the
         previous one) every ``checkpoint_every`` and after the last epoch. A
@@ -616,8 +618,9 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
         ActivityClassifier._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
     random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
 
-    seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
-                                                           % 2**32)
+    # Before any data step: in a cluster every worker must split, shuffle and
+    # augment alike, so all of them take rank 0's seed.
+    seed = config.shared_seed(random_seed)
     rng = np.random.RandomState(seed)
     mx().random.seed(seed)
 

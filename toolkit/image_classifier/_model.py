@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from .. import _checkpoint, _images
+from .. import _checkpoint, _images, config
 from .. import _validate as V
 from .._metrics import classifier_metrics
 from .._model import Model
@@ -463,8 +463,8 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
         ImageClassifier._TASK, checkpoint_path, checkpoint_every, resume_from,
         settings.random_seed)
     random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
-    seed = random_seed if random_seed is not None else int(np.random.SeedSequence().entropy
-                                                           % 2**32)
+    # Drawn when none was given; in a cluster rank 0's, shared with every worker.
+    seed = config.shared_seed(random_seed)
     # max_iterations None or 0: automatic, i.e. the default, or the checkpoint's when resuming.
     max_iterations = settings.max_iterations or (
         resume.setting("max_iterations") if resume is not None else None) \

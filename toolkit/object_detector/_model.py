@@ -458,8 +458,9 @@ def _start(checkpoint_path, checkpoint_every, resume_from, random_seed):
     checkpoint_path, resume, random_seed = _checkpoint.start(
         ObjectDetector._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
     if random_seed is not None:
-        return checkpoint_path, resume, V.check_seed(random_seed)
-    return checkpoint_path, resume, int(np.random.SeedSequence().entropy % 2**32)
+        random_seed = V.check_seed(random_seed)
+    # Drawn when none was given; in a cluster rank 0's, shared with every worker.
+    return checkpoint_path, resume, config.shared_seed(random_seed)
 
 
 def _extract(backbone, cache, share, classes, annotations, hash_pixels, verbose):
