@@ -76,6 +76,8 @@ model = tc.image_classifier.create(train, target="label", max_iterations=20, ver
 info = tc.config.cluster()
 np.save(out + f".rank{info.rank}.npy",
         np.stack(model.predict(test, output_type="probability_vector").to_numpy()))
+with open(out + f".rank{info.rank}.seed", "w") as f:
+    f.write(str(model.random_seed))       # unseeded: rank 0's, received by every worker
 """
 
 
@@ -88,6 +90,8 @@ def test_image_classifier_workers_share_extraction_and_match_one_process(tmp_pat
            verbose=False, env=WORKER_ENV)
     r0, r1 = np.load(f"{out}.rank0.npy"), np.load(f"{out}.rank1.npy")
     np.testing.assert_array_equal(r0, r1)
+    seeds = [open(f"{out}.rank{r}.seed").read() for r in (0, 1)]
+    assert seeds[0] == seeds[1], seeds
     digits = tc.datasets.mnist_digits()
     alone = tc.image_classifier.create(digits.iloc[::125], target="label", max_iterations=20,
                                        verbose=False, validation_set=None)

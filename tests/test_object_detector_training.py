@@ -168,9 +168,10 @@ out = sys.argv[1]
 data = tc.datasets.detection_scenes(8, random_seed=1)
 log = io.StringIO()
 with contextlib.redirect_stdout(log):
-    model = tc.object_detector.create(data, max_iterations=4, batch_size=4, random_seed=0,
-                                      verbose=True)
+    # Unseeded: rank 0 draws the seed and every worker receives it.
+    model = tc.object_detector.create(data, max_iterations=4, batch_size=4, verbose=True)
 rank = tc.config.cluster().rank
+open(out + "/seed-%d.txt" % rank, "w").write(str(model.random_seed))
 model.save(out + "/model-from-rank-%d.model" % rank)
 raw = np.concatenate([r for _, r, _ in model._raw(data.image.to_numpy(), "image", data.index)])
 np.save(out + "/raw-%d.npy" % rank, raw)
@@ -195,3 +196,5 @@ def test_two_worker_cluster_trains_and_rank_0_alone_writes(tmp_path):
     # Both workers pull the servers' weights after every step: the same model.
     raw0, raw1 = np.load(tmp_path / "raw-0.npy"), np.load(tmp_path / "raw-1.npy")
     assert np.abs(raw0 - raw1).max() <= 1e-6
+    seeds = [(tmp_path / f"seed-{r}.txt").read_text() for r in (0, 1)]
+    assert seeds[0] == seeds[1] == str(model.random_seed), seeds
