@@ -200,8 +200,8 @@ def test_training_metrics_are_evaluate_on_the_training_rows(tiny_model, watch_sm
 def test_counts_leave_out_the_auto_validation_sessions(watch_small, monkeypatch):
     # Turi Create counts training data in num_sessions/num_examples; this toolkit
     # counted the held-out sessions too.
-    from toolkit.activity_classifier import _model
-    monkeypatch.setattr(_model, "MIN_SESSIONS_FOR_AUTO_VALIDATION", 5)
+    from toolkit.activity_classifier import _data
+    monkeypatch.setattr(_data, "MIN_SESSIONS_FOR_AUTO_VALIDATION", 5)
     model = _create(watch_small)
     n = watch_small["session_id"].nunique()
     assert (model.num_sessions, model.num_validation_sessions) == (n - 1, 1)

@@ -17,14 +17,12 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
 """
 
 import time
-import warnings
 
 import numpy as np
 
 from .. import _checkpoint, config
 from .. import _validate as V
 from .._metrics import classifier_metrics, report_by_class
-from ..errors import ToolkitWarning
 from .._model import Model, VersionStep
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
@@ -33,10 +31,6 @@ from . import _data, _export, _net, _train
 from ._data import WINDOWS_PER_CHUNK
 
 FILE_VERSION = 2
-# Turi Create 5.x's threshold. Below it, holding out 10% of the sessions costs more than
-# the report is worth: on the watch data (84 sessions) per-row test accuracy fell from
-# 0.821 to 0.775 (seed 0) when 8 sessions were held out.
-MIN_SESSIONS_FOR_AUTO_VALIDATION = 100
 _PREDICT_BATCH = 256
 #: Scalar metrics stored per prefix ('training_', 'validation_'), besides the frames.
 _SCALAR_METRICS = ("accuracy", "log_loss", "auc", "precision", "recall", "f1_score")
@@ -589,184 +583,111 @@ def create(dataset, session_id, target, features=None, prediction_window=100,
     >>> model = tc.activity_classifier.create(train, 'session_id', 'exercise',
     ...     resume_from='run.ckpt')                                  # doctest: +SKIP
     """
-    import pandas as pd
     t_start = time.perf_counter()
-    V.check_dataframe(dataset)
-    V.check_column_name(session_id, "session_id")
-    V.check_column_name(target, "target")
-    V.check_distinct({"session_id": session_id, "target": target})
-    V.check_columns_exist(dataset, [session_id], "session_id")
-    V.check_columns_exist(dataset, [target], "target")
-    if features is None:
-        features = [c for c in dataset.columns if c not in (session_id, target)]
-        if not features:
-            raise DataError("The dataset has no feature columns besides "
-                            f"'{session_id}' and '{target}'.")
-        V.check_str_columns(features)
-        features = list(dict.fromkeys(features))
-    else:
-        features = V.check_column_list(features, "features",
-                                       {"session_id": session_id, "target": target})
-    V.check_columns_exist(dataset, features, "features")
-    prediction_window = V.check_int(prediction_window, "prediction_window", 1, 400)
-    max_iterations = V.check_max_iterations(max_iterations)
-    batch_size = V.check_int(batch_size, "batch_size", 1)
-    verbose = V.check_bool(verbose, "verbose")
-    random_seed = V.check_seed(random_seed)
-    V.check_validation_set(validation_set)
+    settings = _data.check_arguments(dataset, session_id, target, features, prediction_window,
+                                     validation_set, max_iterations, batch_size, verbose,
+                                     random_seed)
     checkpoint_path, resume, random_seed = _checkpoint.start(
-        ActivityClassifier._TASK, checkpoint_path, checkpoint_every, resume_from, random_seed)
-    random_seed = V.check_seed(random_seed)      # a checkpoint's seed is checked too
-
+        ActivityClassifier._TASK, checkpoint_path, checkpoint_every, resume_from,
+        settings.random_seed)
     # Before any data step: in a cluster every worker must split, shuffle and
-    # augment alike, so all of them take rank 0's seed.
-    seed = config.shared_seed(random_seed)
+    # augment alike, so all of them take rank 0's seed (a checkpoint's is checked too).
+    seed = config.shared_seed(V.check_seed(random_seed))
     rng = np.random.RandomState(seed)
     mx().random.seed(seed)
-
-    say(f"Pre-processing {len(dataset)} samples...", verbose)
-    y = V.check_labels(dataset, target, allow_bool=True)
-    values = V.numeric_features(dataset, features)
-    classes = V.encode_labels(y, target)
-    if len(classes) < 2:
-        raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
-                        "a classifier needs at least two.")
-    class_index = {c: i for i, c in enumerate(classes)}
-    label_ids = np.array([class_index[V.norm_label(v)] for v in y], dtype=np.int64)
-    sessions = _data.Sessions(V.check_session_ids(dataset, session_id))
-    values, label_ids = values[sessions.order], label_ids[sessions.order]
-    data_fingerprint = None
-    if checkpoint_path is not None or resume is not None:
-        data_fingerprint = _checkpoint.fingerprint(values, sessions.lengths, label_ids, classes)
-    say(f"Using sequences of size {prediction_window * WINDOWS_PER_CHUNK} for model creation.",
-        verbose)
-
-    train_mask = np.ones(len(sessions), bool)
-    valid = None
-    if isinstance(validation_set, str):
-        if len(sessions) >= MIN_SESSIONS_FOR_AUTO_VALIDATION:
-            n_valid = max(1, int(round(0.1 * len(sessions))))
-            train_mask[rng.choice(len(sessions), n_valid, replace=False)] = False
-            say(f"Holding out {n_valid} of {len(sessions)} sessions for validation.", verbose)
-        else:
-            say(f"The dataset has {len(sessions)} sessions, fewer than the "
-                f"{MIN_SESSIONS_FOR_AUTO_VALIDATION} needed for an automatic validation split; "
-                "continuing without a validation set.", verbose)
-    mean = values[np.repeat(train_mask, sessions.lengths)].astype(np.float64).mean(axis=0)
-    std = values[np.repeat(train_mask, sessions.lengths)].astype(np.float64).std(axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    if resume is not None and "feature_mean" in resume.state:
-        # The checkpoint's weights were trained on its standardisation.
-        mean = np.asarray(resume.state["feature_mean"], np.float64)
-        std = np.asarray(resume.state["feature_std"], np.float64)
-    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    values = (values - mean32) / std32
-
-    valid_frame = None
-    if isinstance(validation_set, pd.DataFrame):
-        valid, valid_frame = _prepare_validation(validation_set, session_id, target, features,
-                                                 class_index, mean32, std32, prediction_window)
-    elif isinstance(validation_set, str) and not train_mask.all():
-        valid = _data.chunk(values, sessions, prediction_window, label_ids, len(classes),
-                            session_mask=~train_mask)
-    say(f"Processed a total of {int(train_mask.sum())} sessions.", verbose)
-
-    state = {
-        "target": target, "session_id": session_id, "features": features,
-        "classes": classes, "prediction_window": prediction_window,
-        "feature_mean": mean.tolist(), "feature_std": std.tolist(),
-        "max_iterations": max_iterations, "batch_size": batch_size, "random_seed": seed,
-        # Training data only, as Turi Create counts it; validation has its own fields.
-        "num_examples": int(sessions.lengths[train_mask].sum()),
-        "num_sessions": int(train_mask.sum()),
-        "num_validation_examples": 0, "num_validation_sessions": 0,
-        "num_classes": len(classes), "num_features": len(features),
-        "verbose": verbose, "use_data_augmentation": True,
-    }
-    if max_iterations is None and resume is not None:
-        # 'Automatic' resumes with the checkpoint's choice: recomputing it could
-        # give another number (other data) and refuse a resume the user did not
-        # constrain.
-        max_iterations = resume.setting("max_iterations")
-    if valid_frame is not None:
-        state.update(num_validation_examples=int(len(valid_frame)),
-                     num_validation_sessions=int(valid_frame[session_id].nunique()))
-    elif valid is not None:
-        state.update(num_validation_examples=int(sessions.lengths[~train_mask].sum()),
-                     num_validation_sessions=int((~train_mask).sum()))
-    if max_iterations is None:
-        train_windows = -(-sessions.lengths[train_mask] // prediction_window)
-        max_iterations = _train.auto_iterations(
-            int((-(-train_windows // WINDOWS_PER_CHUNK)).sum()), batch_size)
-        say(f"Setting 'max_iterations' to {max_iterations} (about {_train.TARGET_STEPS} "
-            "training steps).", verbose)
-    state["max_iterations"] = max_iterations
-    run_config = {
-        "session_id": session_id, "target": target, "features": features,
-        "classes": classes, "prediction_window": prediction_window,
-        "max_iterations": max_iterations, "batch_size": batch_size, "random_seed": seed,
-        "validation_set": _validation_config(validation_set, valid),
-    }
+    data = _data.prepare(dataset, settings, rng, resume,
+                         fingerprint=checkpoint_path is not None or resume is not None)
+    settings = settings._replace(random_seed=seed,
+                                 max_iterations=_resolve_iterations(settings, data, resume))
+    run_config = _run_config(settings, data)
     if resume is not None:
-        resume.check_compatible(run_config, data_fingerprint)
-        model = ActivityClassifier(state, resume.weights)
-    else:
-        model = ActivityClassifier(state)
+        resume.check_compatible(run_config, data.fingerprint)
+    model = ActivityClassifier(_initial_state(settings, data),
+                               resume.weights if resume is not None else None)
     checkpoint = None
     if checkpoint_path is not None:
         checkpoint = {"schedule": _checkpoint.Schedule(checkpoint_path, checkpoint_every,
                                                        config.is_writer()),
-                      "config": run_config, "fingerprint": data_fingerprint}
-    log = _train.fit(model, values, sessions, label_ids, train_mask, valid, max_iterations,
-                     batch_size, rng, verbose, checkpoint=checkpoint, resume=resume)
+                      "config": run_config, "fingerprint": data.fingerprint}
+    log = _train.fit(model, data.values, data.sessions, data.label_ids, data.train_mask,
+                     data.valid, settings.max_iterations, settings.batch_size, rng,
+                     settings.verbose, checkpoint=checkpoint, resume=resume)
     model._state.update(log)
-    # Turi Create's training_* / validation_* fields: evaluate() of the final model on
-    # the training rows and the validation rows (per row, as evaluate() does).
-    model._state.update(_metric_state("training_", model, values, sessions, label_ids,
-                                      train_mask))
-    if valid_frame is not None:
-        per_row, _ = model._per_row_probs(valid_frame, "validation_set")
-        y = [V.norm_label(v) for v in valid_frame[target]]
-        model._state.update(_metrics_from_probs("validation_", y, per_row, classes))
-    elif valid is not None:
-        model._state.update(_metric_state("validation_", model, values, sessions, label_ids,
-                                          ~train_mask))
+    model._state.update(_recorded_metrics(model, data, settings.target))
     model._state["training_time"] = round(time.perf_counter() - t_start, 3)
-    say("Training complete", verbose)
-    say(f"Total Time Spent: {model._state['training_time']:.1f}s", verbose)
+    say("Training complete", settings.verbose)
+    say(f"Total Time Spent: {model._state['training_time']:.1f}s", settings.verbose)
     return model
 
 
+def _resolve_iterations(settings, data, resume):
+    """``max_iterations``, an automatic one resolved."""
+    if settings.max_iterations is not None:
+        return settings.max_iterations
+    if resume is not None and resume.setting("max_iterations") is not None:
+        # 'Automatic' resumes with the checkpoint's choice: recomputing it could
+        # give another number (other data) and refuse a resume the user did not
+        # constrain.
+        return resume.setting("max_iterations")
+    iterations = _train.auto_iterations(data.num_train_chunks, settings.batch_size)
+    say(f"Setting 'max_iterations' to {iterations} (about {_train.TARGET_STEPS} "
+        "training steps).", settings.verbose)
+    return iterations
 
-def _validation_config(validation_set, valid):
-    """How validation was chosen, for comparing a resumed run's settings."""
-    if validation_set is None or isinstance(validation_set, str):
-        return validation_set
-    if valid is None:
-        return "dataframe (no usable rows)"
-    return "dataframe " + _checkpoint.fingerprint(valid["data"], valid["labels"])[:16]
+
+def _initial_state(settings, data):
+    """The new model's state, but for what training adds."""
+    train, lengths = data.train_mask, data.sessions.lengths
+    state = {
+        "target": settings.target, "session_id": settings.session_id,
+        "features": settings.features, "classes": data.classes,
+        "prediction_window": settings.prediction_window,
+        "feature_mean": data.mean.tolist(), "feature_std": data.std.tolist(),
+        "max_iterations": settings.max_iterations, "batch_size": settings.batch_size,
+        "random_seed": settings.random_seed,
+        # Training data only, as Turi Create counts it; validation has its own fields.
+        "num_examples": int(lengths[train].sum()), "num_sessions": int(train.sum()),
+        "num_validation_examples": 0, "num_validation_sessions": 0,
+        "num_classes": len(data.classes), "num_features": len(settings.features),
+        "verbose": settings.verbose, "use_data_augmentation": True,
+    }
+    if data.valid_frame is not None:
+        state.update(num_validation_examples=int(len(data.valid_frame)),
+                     num_validation_sessions=int(
+                         data.valid_frame[settings.session_id].nunique()))
+    elif data.valid is not None:
+        state.update(num_validation_examples=int(lengths[~train].sum()),
+                     num_validation_sessions=int((~train).sum()))
+    return state
 
 
-def _prepare_validation(frame, session_id, target, features, class_index, mean, std, pw):
-    name = "validation_set"
-    V.check_dataframe(frame, name)
-    V.check_columns_exist(frame, [session_id, target] + features, "validation_set", name)
-    y = V.check_labels(frame, target, name, allow_bool=True)
-    known = np.array([V.norm_label(v) in class_index for v in y], bool)
-    if not known.all():
-        unseen = sorted({str(v) for v in y[~known]})
-        warnings.warn(f"validation_set: {int((~known).sum())} row(s) with labels not in the "
-                      f"training data ({', '.join(unseen[:5])}) are left out.", ToolkitWarning,
-                      stacklevel=3)
-        frame = frame[known]
-        y = y[known]
-        if len(frame) == 0:
-            return None, None
-    values = V.numeric_features(frame, features, name)
-    ids = np.array([class_index[V.norm_label(v)] for v in y], np.int64)
-    sessions = _data.Sessions(V.check_session_ids(frame, session_id, name))
-    values = (values[sessions.order] - mean) / std
-    return _data.chunk(values, sessions, pw, ids[sessions.order], len(class_index)), frame
+def _run_config(settings, data):
+    """The settings a resumed run must share with its checkpoint."""
+    return {
+        "session_id": settings.session_id, "target": settings.target,
+        "features": settings.features, "classes": data.classes,
+        "prediction_window": settings.prediction_window,
+        "max_iterations": settings.max_iterations, "batch_size": settings.batch_size,
+        "random_seed": settings.random_seed,
+        "validation_set": _data.validation_config(settings.validation_set, data.valid),
+    }
+
+
+def _recorded_metrics(model, data, target):
+    """Turi Create's training_* / validation_* fields: evaluate() of the final model on
+    the training rows and the validation rows (per row, as evaluate() does)."""
+    out = _metric_state("training_", model, data.values, data.sessions, data.label_ids,
+                        data.train_mask)
+    if data.valid_frame is not None:
+        per_row, _ = model._per_row_probs(data.valid_frame, "validation_set")
+        y = [V.norm_label(v) for v in data.valid_frame[target]]
+        out.update(_metrics_from_probs("validation_", y, per_row, data.classes))
+    elif data.valid is not None:
+        out.update(_metric_state("validation_", model, data.values, data.sessions,
+                                 data.label_ids, ~data.train_mask))
+    return out
+
+
 
 
 # --- metrics fields ---------------------------------------------------------------
