@@ -25,7 +25,7 @@ import tempfile
 from .._progress import say
 
 __all__ = ["EvaluationResult", "write_report", "activity_report", "image_report",
-           "detection_report", "precision_recall"]
+           "detection_report", "detection_boxes_from_arrays", "precision_recall"]
 
 
 def activity_report(*args, **kwargs):
@@ -43,6 +43,11 @@ def detection_report(*args, **kwargs):
     return f(*args, **kwargs)
 
 
+def detection_boxes_from_arrays(*args, **kwargs):
+    from ._detection import from_arrays as f
+    return f(*args, **kwargs)
+
+
 def precision_recall(*args, **kwargs):
     from ._detection import precision_recall as f
     return f(*args, **kwargs)
@@ -51,6 +56,7 @@ def precision_recall(*args, **kwargs):
 activity_report.__doc__ = "See :func:`toolkit._explore._activity.activity_report`."
 image_report.__doc__ = "See :func:`toolkit._explore._image.image_report`."
 detection_report.__doc__ = "See :func:`toolkit._explore._detection.detection_report`."
+detection_boxes_from_arrays.__doc__ = "See :func:`toolkit._explore._detection.from_arrays`."
 precision_recall.__doc__ = "See :func:`toolkit._explore._detection.precision_recall`."
 
 
