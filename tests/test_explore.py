@@ -240,6 +240,20 @@ def test_precision_recall_ap_matches_evaluate_and_pycocotools(scenes):
     np.testing.assert_allclose([m["ap"] for m in again["per_class"]], got, atol=1e-12)
 
 
+def test_precision_recall_ap_equals_a_real_detectors_evaluate(scenes):
+    # What a report built from predict() shows is what evaluate() reports.
+    model = tc.object_detector.create(scenes.iloc[:12], max_iterations=40, verbose=False,
+                                      random_seed=0)
+    test = tc.datasets.detection_scenes(10, split="test", random_seed=3)
+    scores = model.evaluate(test)["average_precision_50"]
+    preds = model.predict(test, confidence_threshold=0.001)
+    pr = precision_recall(list(test["annotations"]), list(preds), model.classes)
+    ours = {m["label"]: m["ap"] for m in pr["per_class"] if not np.isnan(m["ap"])}
+    assert ours.keys() == scores.keys()
+    for c in ours:
+        assert abs(ours[c] - scores[c]) <= 1e-6, c
+
+
 def test_precision_recall_marks_matches():
     box = {"x": 50, "y": 50, "width": 20, "height": 20}
     gt = [[{"label": "a", "coordinates": box}, {"label": "b", "coordinates": box}]]
@@ -254,6 +268,20 @@ def test_precision_recall_marks_matches():
     a, b, c = pr["per_class"]
     assert a["ap"] == 1.0 and b["ap"] == 0.0 and np.isnan(c["ap"])
     np.testing.assert_allclose(a["precision"], [1.0, 0.5])
+
+
+def test_series_with_any_index_are_read_by_position(scenes):
+    images, labels = _shape_images(12)
+    probs = _shape_probabilities(labels)
+    index = list(range(100, 88, -1))
+    from_list = image_report(images, labels, probs, SHAPES, index=index)
+    from_series = image_report(pd.Series(images, index=index), pd.Series(labels, index=index),
+                               probs, SHAPES, index=index)
+    assert from_series == from_list
+    preds = _noisy_detections(scenes.annotations, tc.datasets.DETECTION_CLASSES)
+    shuffled = scenes.set_index(pd.Index(np.arange(len(scenes))[::-1] * 7))
+    assert detection_report(shuffled["image"], shuffled["annotations"], preds) == \
+        detection_report(list(scenes["image"]), list(scenes["annotations"]), preds)
 
 
 def test_large_evaluations_stay_small_and_say_so():

@@ -10,11 +10,21 @@ const top = section('overview', 'Evaluation', false);
 top.appendChild(el('p', {text: `${D.n_rows} rows, ${D.sessions.length} sessions, prediction window ${D.prediction_window} rows; accuracy ${fmt(D.accuracy)} (per row).`}));
 notes(top, D.notes);
 const cmBox = section('matrix', 'Confusion matrix (rows; click a cell)', false);
-const mBox = section('metrics', 'Per-class precision and recall (rows)', false);
-metricsTable(mBox, D.per_class);
 const detail = section('cell-details', 'Sessions behind the selected cell', false);
+detail.style.maxWidth = '520px';
 const detailBody = el('div', {id: 'cell-sessions', text: 'Click a cell of the matrix.'});
 detail.appendChild(detailBody);
+const mBox = section('metrics', 'Per-class precision and recall (rows)', false);
+metricsTable(mBox, D.per_class);
+// [0, 1, 2, 5] -> "0-2, 5"
+function ranges(ws){
+  const out = [];
+  for (let i = 0; i < ws.length; i++) {
+    let j = i; while (j + 1 < ws.length && ws[j + 1] === ws[j] + 1) j++;
+    out.push(j > i ? `${ws[i]}-${ws[j]}` : `${ws[i]}`); i = j;
+  }
+  return out.join(', ');
+}
 const tl = section('timeline', 'Session timeline', true);
 const pick = el('select', {id: 'session-select'});
 D.sessions.forEach((s, k) => pick.appendChild(el('option', {value: k, text: `${s.id} (${s.n_rows} rows, ${s.errors} misclassified)`})));
@@ -83,7 +93,7 @@ drawMatrix(cmBox, D.row_labels, D.classes, D.counts, (i, j) => {
     const S = D.sessions[k];
     const li = el('li', {'class': 'cell-session', 'data-session': S.id, 'data-rows': n}, [
       el('span', {'class': 'clickable', text: `session ${S.id}`, onclick: () => { pick.value = k; drawTimeline(k); }}),
-      document.createTextNode(`: ${n} rows; windows ${wins.join(', ')}${more ? ` and ${more} more` : ''}`)]);
+      document.createTextNode(`: ${n} rows; window${wins.length + more > 1 ? 's' : ''} ${ranges(wins)}${more ? ` and ${more} more` : ''}`)]);
     list.appendChild(li);
   }
   detailBody.appendChild(list);
@@ -168,6 +178,19 @@ def activity_report(session_ids, labels, predictions, features, feature_names, c
     -------
     str
         The HTML document.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from toolkit._explore import activity_report
+    >>> html = activity_report(session_ids=[1] * 6 + [2] * 4,
+    ...                        labels=['walk'] * 6 + ['run'] * 4,
+    ...                        predictions=['walk'] * 4 + ['run'] * 6,
+    ...                        features=np.arange(20.0).reshape(10, 2),
+    ...                        feature_names=['ax', 'ay'], classes=['run', 'walk'],
+    ...                        prediction_window=2)
+    >>> '"counts":[[4,0],[2,4]]' in html      # rows: true run, walk; columns: predicted
+    True
     """
     import pandas as pd
     session_ids = np.asarray(session_ids)

@@ -315,9 +315,20 @@ def detection_report(images, ground_truth, predictions, classes=None,
     -------
     str
         The HTML document.
+
+    Examples
+    --------
+    >>> import toolkit as tc
+    >>> from toolkit._explore import detection_report
+    >>> scenes = tc.datasets.detection_scenes(2, random_seed=0)
+    >>> guesses = [[dict(a, confidence=0.9) for a in row] for row in scenes['annotations']]
+    >>> html = detection_report(scenes['image'], scenes['annotations'], guesses)
+    >>> 'mAP' in html
+    True
     """
     ground_truth, predictions = list(ground_truth), list(predictions)
     n = len(ground_truth)
+    images = _page.positional(images)
     pr = precision_recall(ground_truth, predictions, classes, iou_threshold)
     classes = pr["classes"]
     names = list(range(n)) if index is None else [_page.label_str(v) for v in index]

@@ -10,12 +10,13 @@ const ov = section('overview', 'Evaluation', false);
 ov.appendChild(el('p', {text: `${D.n_images} images, ${D.classes.length} classes; accuracy ${fmt(D.accuracy)}.`}));
 notes(ov, D.notes);
 const cmBox = section('matrix', 'Confusion matrix (click a cell)', false);
+const detail = section('cell-details', 'Images in the selected cell', false);
+detail.style.maxWidth = '560px';
+const detailBody = el('div', {id: 'cell-images', text: 'Click a cell of the matrix (or a confusion) to see its images.'});
+detail.appendChild(detailBody);
 const side = section('confusions', 'Top confusions', false);
 const mBox = section('metrics', 'Per-class metrics', false);
 metricsTable(mBox, D.per_class);
-const detail = section('cell-details', 'Images in the selected cell', true);
-const detailBody = el('div', {id: 'cell-images', text: 'Click a cell of the matrix (or a confusion) to see its images.'});
-detail.appendChild(detailBody);
 function show(i, j){
   detailBody.textContent = '';
   const c = D.cells[`${i},${j}`] || {shown: [], total: 0};
@@ -88,9 +89,21 @@ def image_report(images, labels, probabilities, classes, title="Image classifier
     -------
     str
         The HTML document.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from toolkit._explore import image_report, write_report
+    >>> images = [np.full((8, 8, 3), v, np.uint8) for v in (0, 128, 255)]
+    >>> probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    >>> html = image_report(images, ['dark', 'light', 'light'], probs, ['dark', 'light'])
+    >>> html.startswith('<!DOCTYPE html>')
+    True
+    >>> write_report(html, 'images.html', open_browser=False)   # doctest: +SKIP
     """
     probabilities = np.asarray(probabilities, np.float64)
     n = len(probabilities)
+    images = _page.positional(images)
     classes = [_page.label_str(c) for c in classes]
     labels = [_page.label_str(v) for v in labels]
     unknown = sorted(set(labels) - set(classes))

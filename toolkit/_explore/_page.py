@@ -211,6 +211,11 @@ def image_data_uri(value, max_side, quality=80, where="the image"):
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), size
 
 
+def positional(values):
+    """``values[k]`` by position, also for a pandas Series whose index is not 0..n-1."""
+    return values.iloc if hasattr(values, "iloc") else values
+
+
 def label_str(v):
     """A label as the page shows and matches it: the model file's form (int for numbers), as text."""
     from .._validate import norm_label
