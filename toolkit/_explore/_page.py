@@ -217,7 +217,7 @@ def positional(values):
 
 
 def label_str(v):
-    """A label as the page shows and matches it: the model file's form (int for numbers), as text."""
+    """A label as the page shows and matches it: the model file's form (int for numbers)."""
     from .._validate import norm_label
     return str(norm_label(v))
 
