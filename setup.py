@@ -48,6 +48,9 @@ setup(
             "ipykernel",
             # The object detector's mAP is checked against COCO's reference implementation.
             "pycocotools",
+            # evaluate(...).explore() reports are opened in a real browser (the system's
+            # chromium; scripts/setup_env.sh installs it with apt-get when run as root).
+            "playwright",
             # tc.datasets.quokka() reads imgaug's quokka.jpg + quokka_annotations.json
             # without importing imgaug; scripts/setup_env.sh installs
             # `imgaug==0.4.0` with --no-deps (its dependencies pull in OpenCV, which is not

@@ -17,6 +17,18 @@ if [ "${1:-}" = "test" ]; then
   # imgaug carries the one real annotated photo (quokka) used by the detector tests;
   # importing imgaug needs OpenCV, but its data files are read directly: no deps.
   .venv/bin/python -m pip install --quiet --no-deps "imgaug==0.4.0"
+  # tests/test_explore.py opens the explore() reports in the system's chromium, driven by
+  # playwright (its own browser download is not used). Install it when missing and we
+  # may; otherwise those tests skip and say why.
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+        >/dev/null) || echo "setup_env.sh: could not install chromium; the browser tests will skip"
+    else
+      echo "setup_env.sh: no chromium found (install it, e.g. 'sudo apt-get install chromium'," \
+           "or set TOOLKIT_CHROMIUM); the browser tests will skip"
+    fi
+  fi
 else
   .venv/bin/python -m pip install --quiet -e ".[data]"
 fi

@@ -334,21 +334,42 @@ class ActivityClassifier(Model):
 
         Returns
         -------
-        dict
-            The metrics, plus ``unseen_labels`` ({label: row count} of labels
-            never seen in training; they count as errors, with a warning).
+        EvaluationResult
+            A dict of the metrics, plus ``unseen_labels`` ({label: row count}
+            of labels never seen in training; they count as errors, with a
+            warning). Its ``explore(path=None)`` writes an interactive HTML
+            report (confusion matrix whose cells list the sessions and windows
+            behind them, per-class precision and recall, per-session timelines
+            of true and predicted labels over the sensor traces) and opens it
+            in the browser when one can be shown.
 
         Examples
         --------
-        >>> model.evaluate(test)['accuracy']                     # doctest: +SKIP
+        >>> result = model.evaluate(test)                        # doctest: +SKIP
+        >>> result['accuracy']                                   # doctest: +SKIP
+        >>> result.explore('evaluation.html')                    # doctest: +SKIP
         """
+        from .._explore import EvaluationResult, activity_report
+        s = self._state
         V.check_dataframe(dataset)
-        V.check_columns_exist(dataset, [self._state["target"]], "target")
+        V.check_columns_exist(dataset, [s["target"]], "target")
         y = np.array([V.norm_label(v) for v in
-                      V.check_labels(dataset, self._state["target"], allow_bool=True)],
-                     dtype=object)
+                      V.check_labels(dataset, s["target"], allow_bool=True)], dtype=object)
         per_row, _ = self._per_row_probs(dataset)
-        return classifier_metrics(y, per_row, self._state["classes"], metric)
+        metrics = classifier_metrics(y, per_row, s["classes"], metric)
+        # Copies taken now, so the report shows this evaluation even if the caller
+        # changes the DataFrame before calling explore().
+        sessions = dataset[s["session_id"]].to_numpy(copy=True)
+        values = V.numeric_features(dataset, s["features"])
+        predicted = np.asarray(s["classes"], dtype=object)[per_row.argmax(axis=1)]
+        labels = np.array(y, dtype=object, copy=True)
+        classes, features, window = list(s["classes"]), list(s["features"]), \
+            s["prediction_window"]
+
+        def report():
+            return activity_report(sessions, labels, predicted, values, features, classes,
+                                   window, title=f"Activity classifier: {s['target']}")
+        return EvaluationResult(metrics, report)
 
     def fit(self, dataset, max_iterations=10, batch_size=None, verbose=True, random_seed=None):
         """Train this model further on ``dataset``, in place (a loaded model too).
