@@ -14,11 +14,7 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
-
 import toolkit as tc
-from toolkit._explore import (EvaluationResult, detection_boxes_from_arrays, detection_report,
-                              image_report)
 
 
 def activity_result():
@@ -30,34 +26,18 @@ def activity_result():
     return model.evaluate(test)
 
 
-def _explorable(result, report):
-    # The image classifier's and detector's evaluate() do not return an
-    # EvaluationResult yet; until they do, build theirs from the same inputs.
-    return result if hasattr(result, "explore") else EvaluationResult(result, report)
-
-
 def image_result():
     digits = tc.datasets.mnist_digits().sample(900, random_state=0)   # the file is sorted
     train, test = digits.iloc[:600], digits.iloc[600:]
     model = tc.image_classifier.create(train, target="label", random_seed=0, verbose=False)
-    result = model.evaluate(test)
-    probs = np.stack(model.predict(test, output_type="probability_vector"))
-    return _explorable(result, lambda: image_report(
-        test["image"], test["label"], probs, model.classes, title="Image classifier: label",
-        index=test.index))
+    return model.evaluate(test)
 
 
 def detection_result():
     scenes = tc.datasets.detection_scenes(300, random_seed=0)
     test = tc.datasets.detection_scenes(40, split="test", random_seed=1)
     model = tc.object_detector.create(scenes, random_seed=0, verbose=False)
-    result = model.evaluate(test)
-    gt, preds = model._gt_and_predictions(test, 0.001, None, False)
-    classes = model.classes
-    return _explorable(result, lambda: detection_report(
-        test["image"], detection_boxes_from_arrays(gt, classes),
-        detection_boxes_from_arrays(preds, classes), classes,
-        title="Object detector: annotations"))
+    return model.evaluate(test)
 
 
 def _chromium():

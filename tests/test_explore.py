@@ -254,6 +254,24 @@ def test_precision_recall_ap_equals_a_real_detectors_evaluate(scenes):
         assert abs(ours[c] - scores[c]) <= 1e-6, c
 
 
+def test_image_and_detector_evaluate_return_explorable_results(scenes, tmp_path):
+    # Real models: the frozen image classifier fixture, a briefly trained detector.
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                          "image_classifier", "v1")
+    ic = tc.load_model(os.path.join(folder, "model.model"))
+    faces = tc.datasets.lfw_faces().iloc[::20]
+    result = ic.evaluate(faces)
+    assert isinstance(result, EvaluationResult) and 0 <= result["accuracy"] <= 1
+    html = open(result.explore(str(tmp_path / "ic.html"), open_browser=False)).read()
+    assert "data:image/" in html and "face" in html
+    od = tc.object_detector.create(scenes.iloc[:8], max_iterations=5, verbose=False,
+                                   random_seed=0)
+    result = od.evaluate(scenes.iloc[8:12])
+    assert isinstance(result, EvaluationResult) and "mean_average_precision_50" in result
+    html = open(result.explore(str(tmp_path / "od.html"), open_browser=False)).read()
+    assert "data:image/" in html and all(c in html for c in od.classes)
+
+
 def test_precision_recall_marks_matches():
     box = {"x": 50, "y": 50, "width": 20, "height": 20}
     gt = [[{"label": "a", "coordinates": box}, {"label": "b", "coordinates": box}]]

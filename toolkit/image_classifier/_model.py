@@ -275,10 +275,14 @@ class ImageClassifier(Model):
 
         Returns
         -------
-        dict
-            The metrics, plus ``unseen_labels`` ({label: row count} of labels
-            never seen in training; they count as errors in accuracy and are
-            left out of auc, log_loss and roc_curve, with a warning).
+        EvaluationResult
+            A dict of the metrics, plus ``unseen_labels`` ({label: row count} of
+            labels never seen in training; they count as errors in accuracy and
+            are left out of auc, log_loss and roc_curve, with a warning). Its
+            ``explore(path=None)`` writes an interactive HTML report (confusion
+            matrix whose cells show thumbnails of the images behind them, top
+            confusions, per-class metrics) and opens it in the browser when one
+            can be shown.
 
         Examples
         --------
@@ -295,7 +299,15 @@ class ImageClassifier(Model):
                                                               allow_bool=True)],
                      dtype=object)
         probs, _, _ = self._predict_probs(dataset, batch_size, verbose)
-        return classifier_metrics(y, probs, self._state["classes"], metric)
+        metrics = classifier_metrics(y, probs, self._state["classes"], metric)
+        from .._explore import EvaluationResult, image_report
+        # References to the cells (paths, bytes, arrays), not decoded pixels: explore()
+        # decodes only the thumbnails it embeds.
+        images = list(dataset[self._state["feature"]])
+        index, classes = dataset.index.copy(), list(self._state["classes"])
+        title = f"Image classifier: {self._state['target']}"
+        return EvaluationResult(metrics, lambda: image_report(
+            images, y, probs, classes, title=title, index=index))
 
     def export_coreml(self, path):
         return _export.export_coreml(self, path)

@@ -202,10 +202,14 @@ class ObjectDetector(Model):
 
         Returns
         -------
-        dict
-            ``{'average_precision_50': {class: AP}, 'mean_average_precision_50':
-            float, ...}``. A class without ground truth boxes is left out of
-            the per-class dicts and of the means.
+        EvaluationResult
+            A dict ``{'average_precision_50': {class: AP},
+            'mean_average_precision_50': float, ...}``. A class without ground
+            truth boxes is left out of the per-class dicts and of the means. Its
+            ``explore(path=None)`` writes an interactive HTML report (per-class
+            AP and precision-recall curves, images with predicted and true boxes,
+            false positives and misses marked, filterable by class) and opens it
+            in the browser when one can be shown.
 
         Examples
         --------
@@ -226,7 +230,15 @@ class ObjectDetector(Model):
                 res[m] = float(np.mean(table[present])) if present else float("nan")
             else:
                 res[m] = {classes[c]: float(table[c]) for c in present}
-        return res
+        from .._explore import EvaluationResult, detection_boxes_from_arrays, detection_report
+        # The boxes just scored (true boxes clipped to their image, every detection down
+        # to confidence_threshold), so the report's AP@0.5 is average_precision_50.
+        images = list(dataset[self._state["feature"]])
+        index, classes = dataset.index.copy(), list(classes)
+        title = f"Object detector: {self._state['annotations']}"
+        return EvaluationResult(res, lambda: detection_report(
+            images, detection_boxes_from_arrays(gt, classes),
+            detection_boxes_from_arrays(preds, classes), classes, title=title, index=index))
 
     def _gt_and_predictions(self, dataset, confidence_threshold, iou_threshold, verbose):
         V.check_dataframe(dataset, "dataset")
