@@ -63,6 +63,22 @@ def report_by_class(confusion):
     return pd.DataFrame.from_records(rows, columns=list(REPORT_COLUMNS))
 
 
+def _object_array(values):
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _positions(y, classes):
+    """Each label's position in ``classes`` (-1 if absent), as a dict lookup would find it,
+    but hashing each distinct label once (pandas' factorize) instead of every row."""
+    import pandas as pd
+    codes, uniques = pd.factorize(y, sort=False)
+    index = {c: i for i, c in enumerate(classes)}
+    lut = np.array([index.get(v, -1) for v in uniques] + [-1], np.int64)
+    return lut[codes]
+
+
 def classifier_metrics(y_true, probs, classes, metric="auto"):
     """Evaluate predictions of a classifier.
 
@@ -84,11 +100,11 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
 
     names = check_metric(metric)
     classes = list(classes)
-    index = {c: i for i, c in enumerate(classes)}
     y_true = np.asarray(y_true, dtype=object)
-    known = np.array([y in index for y in y_true], dtype=bool)
+    true_ids = _positions(y_true, classes)
+    known = true_ids >= 0
     pred_ids = probs.argmax(axis=1)
-    y_pred = np.array([classes[i] for i in pred_ids], dtype=object)
+    y_pred = _object_array(classes)[pred_ids]
     result = {}
     unseen = {}
     if not known.all():
@@ -99,7 +115,6 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
             f"({', '.join(unseen)}); they count as errors in accuracy and are left out of "
             "auc, log_loss and roc_curve.", ToolkitWarning, stacklevel=3)
     result["unseen_labels"] = unseen
-    true_ids = np.array([index.get(y, -1) for y in y_true])
     label_ids = list(range(len(classes)))
     if "accuracy" in names:
         result["accuracy"] = float(np.mean(true_ids == pred_ids))

@@ -208,6 +208,23 @@ def _kind(t):
     return t.__name__
 
 
+#: pandas' one-pass type inference (C code) -> the kinds of :func:`_kind`, for the
+#: common columns; anything else is typed value by value.
+_INFERRED_KINDS = {"string": {"str"}, "boolean": {"bool"}, "integer": {"int"},
+                   "floating": {"float"}, "mixed-integer-float": {"int", "float"}}
+
+
+def _label_kinds(values):
+    """The set of :func:`_kind` of the values of a label or id array."""
+    if values.dtype != object:
+        return {_kind(values.dtype.type)}
+    import pandas as pd
+    kinds = _INFERRED_KINDS.get(pd.api.types.infer_dtype(values, skipna=False))
+    if kinds is not None:
+        return set(kinds)
+    return {_kind(t) for t in {type(v) for v in values}}
+
+
 def _first_of(values, index, test):
     """(index label, value) of the first value for which ``test(value)`` holds."""
     for pos, v in enumerate(values):
@@ -237,11 +254,7 @@ def check_labels(dataset, target, name="dataset", allow_bool=False):
     series = dataset[target]
     _check_missing(series, target, "Target", "label", name, "Drop those rows or label them.")
     values = series.to_numpy()
-    if values.dtype == object:
-        types = {type(v) for v in values}
-    else:
-        types = {values.dtype.type}
-    kinds = {_kind(t) for t in types}
+    kinds = _label_kinds(values)
     odd = kinds - {"str", "bool", "int", "float"}
     if odd:
         at, v = _first_of(values, series.index, lambda v: _kind(type(v)) in odd)
@@ -314,12 +327,59 @@ def norm_label(value):
     return value if isinstance(value, str) else str(value)
 
 
+def _normalised_codes(y):
+    """``(codes, labels)``: ``labels[codes[i]] == norm_label(y[i])``, labels distinct.
+
+    One hash pass over the rows (pandas' factorize, which hashes like a dict:
+    ``1 == 1.0``); :func:`norm_label` then runs once per distinct value, not per row.
+    """
+    import pandas as pd
+    y = np.asarray(y)
+    codes, uniques = pd.factorize(y, sort=False)
+    normal = [norm_label(v) for v in uniques]
+    labels = list(dict.fromkeys(normal))
+    if len(labels) == len(normal):
+        return codes, labels
+    position = {c: i for i, c in enumerate(labels)}
+    return np.array([position[v] for v in normal], np.int64)[codes], labels
+
+
+def label_positions(y, classes):
+    """Each label's position in ``classes`` (after :func:`norm_label`), -1 if not there.
+
+    >>> label_positions(np.array(["b", "c", 1.0], dtype=object), ["a", "b", 1])
+    array([ 1, -1,  2])
+    """
+    codes, labels = _normalised_codes(y)
+    index = {c: i for i, c in enumerate(classes)}
+    lut = np.array([index.get(v, -1) for v in labels] + [-1], np.int64)
+    return lut[codes]
+
+
+def normalised_labels(y):
+    """``norm_label`` of every label, as an object array (one call per distinct label)."""
+    codes, labels = _normalised_codes(y)
+    out = np.empty(len(labels), dtype=object)
+    out[:] = labels
+    return out[codes]
+
+
 def encode_labels(y, target):
     """Sorted class list of JSON-typed labels (str, int, or bool)."""
+    return _encode(y, target)[0]
+
+
+def _encode(y, target):
+    y = np.asarray(y)
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
         raise DataError(f"Target column '{target}' holds non-integer numbers; labels must be "
                         "strings or integers.")
-    return sorted({norm_label(v) for v in y})
+    codes, labels = _normalised_codes(y)
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    classes = [labels[i] for i in order]
+    rank = np.full(len(labels) + 1, -1, np.int64)
+    rank[order] = np.arange(len(labels))
+    return classes, rank[codes]
 
 
 def class_ids(y, target):
@@ -330,12 +390,11 @@ def class_ids(y, target):
     >>> class_ids(np.array(["b", "a", "b"], dtype=object), "label")
     (['a', 'b'], array([1, 0, 1]))
     """
-    classes = encode_labels(y, target)
+    classes, ids = _encode(y, target)
     if len(classes) < 2:
         raise DataError(f"Target column '{target}' has only one class ({classes[0]!r}); "
                         "a classifier needs at least two.")
-    class_index = {c: i for i, c in enumerate(classes)}
-    return classes, np.array([class_index[norm_label(v)] for v in y], dtype=np.int64)
+    return classes, ids
 
 
 class StateCheck:

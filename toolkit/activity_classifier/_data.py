@@ -243,19 +243,18 @@ def prepare_validation(frame, settings, classes, mean, std):
     session_id, target, features = settings.session_id, settings.target, settings.features
     V.check_dataframe(frame, name)
     V.check_columns_exist(frame, [session_id, target] + features, "validation_set", name)
-    class_index = {c: i for i, c in enumerate(classes)}
     y = V.check_labels(frame, target, name, allow_bool=True)
-    known = np.array([V.norm_label(v) in class_index for v in y], bool)
+    ids = V.label_positions(y, classes)
+    known = ids >= 0
     if not known.all():
         unseen = sorted({str(v) for v in y[~known]})
         warnings.warn(f"validation_set: {int((~known).sum())} row(s) with labels not in the "
                       f"training data ({', '.join(unseen[:5])}) are left out.", ToolkitWarning,
                       stacklevel=4)
-        frame, y = frame[known], y[known]
+        frame, ids = frame[known], ids[known]
         if len(frame) == 0:
             return None, None
     values = V.numeric_features(frame, features, name)
-    ids = np.array([class_index[V.norm_label(v)] for v in y], np.int64)
     sessions = Sessions(V.check_session_ids(frame, session_id, name))
     values = (values[sessions.order] - mean.astype(np.float32)) / std.astype(np.float32)
     return chunk(values, sessions, settings.prediction_window, ids[sessions.order],

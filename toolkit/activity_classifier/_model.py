@@ -353,8 +353,7 @@ class ActivityClassifier(Model):
         s = self._state
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [s["target"]], "target")
-        y = np.array([V.norm_label(v) for v in
-                      V.check_labels(dataset, s["target"], allow_bool=True)], dtype=object)
+        y = V.normalised_labels(V.check_labels(dataset, s["target"], allow_bool=True))
         per_row, _ = self._per_row_probs(dataset)
         metrics = classifier_metrics(y, per_row, s["classes"], metric)
         # Copies taken now, so the report shows this evaluation even if the caller
@@ -413,16 +412,15 @@ class ActivityClassifier(Model):
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [s["target"]], "target")
         y = V.check_labels(dataset, s["target"], allow_bool=True)
-        index = {c: i for i, c in enumerate(s["classes"])}
-        labels = [V.norm_label(v) for v in y]
-        unseen = sorted({str(v) for v in labels if v not in index})
+        ids = V.label_positions(y, s["classes"])
+        unseen = sorted({str(v) for v in V.normalised_labels(y[ids < 0])})
         if unseen:
             raise DataError(
                 f"Target column '{s['target']}' has labels the model was not trained on "
                 f"({', '.join(unseen[:5])}); the model's classes are {s['classes']}. "
                 "Train a new model with create() to add classes.")
         values, sessions = self._prepare(dataset)
-        label_ids = np.array([index[v] for v in labels], np.int64)[sessions.order]
+        label_ids = ids[sessions.order]
         seed = config.shared_seed(seed)       # the same on every worker of a cluster
         rng = np.random.RandomState(seed)
         mx().random.seed(seed)
@@ -701,7 +699,7 @@ def _recorded_metrics(model, data, target):
                         data.train_mask)
     if data.valid_frame is not None:
         per_row, _ = model._per_row_probs(data.valid_frame, "validation_set")
-        y = [V.norm_label(v) for v in data.valid_frame[target]]
+        y = V.normalised_labels(data.valid_frame[target].to_numpy())
         out.update(_metrics_from_probs("validation_", y, per_row, data.classes))
     elif data.valid is not None:
         out.update(_metric_state("validation_", model, data.values, data.sessions,
@@ -720,7 +718,7 @@ def _metric_state(prefix, model, values, sessions, label_ids, session_mask):
     probs, _ = model._sorted_row_probs(values, sessions)
     rows = np.repeat(session_mask, sessions.lengths)
     classes = model._state["classes"]
-    labels = [classes[i] for i in label_ids[rows]]
+    labels = np.asarray(classes, dtype=object)[label_ids[rows]]
     return _metrics_from_probs(prefix, labels, probs[rows], classes)
 
 
