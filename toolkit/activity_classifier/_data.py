@@ -88,21 +88,28 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
     rel = within[:, None] * L + np.arange(L)[None, :]
     chunk_len = np.repeat(lengths, n_chunks)
     valid = rel < chunk_len[:, None]
-    rows = np.where(valid, np.repeat(starts, n_chunks)[:, None] + rel, 0)
-    data = values[rows] * valid[:, :, None]
-    windows_valid = valid.reshape(len(rel), WINDOWS_PER_CHUNK, pw).any(axis=2)
+    rows = rel + np.repeat(starts, n_chunks)[:, None]
+    del rel
+    rows[~valid] = 0
+    # One gather, padding zeroed in place (float32 like ``values``: no float64 copy).
+    data = np.asarray(values, np.float32)[rows]
+    data[~valid] = 0.0
+    windows_valid = valid.reshape(len(rows), WINDOWS_PER_CHUNK, pw).any(axis=2)
     out = {
-        "data": data.astype(np.float32, copy=False),
+        "data": data,
         "weights": windows_valid.astype(np.float32),
         "session": chunk_session,
         "first_window": within * WINDOWS_PER_CHUNK,
     }
     if labels is not None:
-        onehot = np.zeros((len(rel), L, num_classes), np.float32)
-        r, c = np.nonzero(valid)
-        onehot[r, c, labels[rows[r, c]]] = 1.0
-        counts = onehot.reshape(len(rel), WINDOWS_PER_CHUNK, pw, num_classes).sum(axis=2)
-        out["labels"] = counts.argmax(axis=2).astype(np.float32)
+        # Label counts per window (one bincount, no one-hot array); argmax gives ties
+        # to the first class in sorted order.
+        n_win = len(rows) * WINDOWS_PER_CHUNK
+        flat = np.flatnonzero(valid)
+        key = (flat // pw) * num_classes + np.asarray(labels)[rows.reshape(-1)[flat]]
+        counts = np.bincount(key, minlength=n_win * num_classes)
+        out["labels"] = counts.reshape(len(rows), WINDOWS_PER_CHUNK, num_classes) \
+            .argmax(axis=2).astype(np.float32)
     return out
 
 
