@@ -26,6 +26,8 @@ COLUMNS = [
     np.array([True, False, True]),
     np.array([np.bool_(True), False, True], dtype=object),
     np.array([np.int8(2), 2, np.uint64(5)], dtype=object),
+    # pandas' hash table compares C strings: '\x00' and '' would fall together.
+    np.array(["", "\x00", "0", "a\x00", "a"], dtype=object),
 ]
 
 

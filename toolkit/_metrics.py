@@ -72,8 +72,8 @@ def _object_array(values):
 def _positions(y, classes):
     """Each label's position in ``classes`` (-1 if absent), as a dict lookup would find it,
     but hashing each distinct label once (pandas' factorize) instead of every row."""
-    import pandas as pd
-    codes, uniques = pd.factorize(y, sort=False)
+    from ._validate import factorize
+    codes, uniques = factorize(y)
     index = {c: i for i, c in enumerate(classes)}
     lut = np.array([index.get(v, -1) for v in uniques] + [-1], np.int64)
     return lut[codes]

@@ -338,15 +338,33 @@ def norm_label(value):
     return value if isinstance(value, str) else str(value)
 
 
+def factorize(y):
+    """``(codes, uniques)`` of a label array as a dict would group it (``1 == 1.0``),
+    uniques in order of first appearance.
+
+    pandas' factorize hashes each value once; it compares strings as C strings, so
+    ``'a\\x00'`` and ``'a'`` would fall together. Every row is therefore compared with
+    its group's value (one vectorised pass) and, if any differs, grouped by a dict.
+    """
+    import pandas as pd
+    y = np.asarray(y)
+    codes, uniques = pd.factorize(y, sort=False)
+    uniques = np.asarray(uniques, dtype=object) if y.dtype.kind in "OU" else uniques
+    if y.dtype.kind in "OU" and len(y) and not (uniques[codes] == y.astype(object, copy=False)).all():
+        first = {}
+        codes = np.array([first.setdefault(v, len(first)) for v in y.tolist()], np.int64)
+        uniques = np.empty(len(first), dtype=object)
+        uniques[:] = list(first)
+    return codes, uniques
+
+
 def _normalised_codes(y):
     """``(codes, labels)``: ``labels[codes[i]] == norm_label(y[i])``, labels distinct.
 
     One hash pass over the rows (pandas' factorize, which hashes like a dict:
     ``1 == 1.0``); :func:`norm_label` then runs once per distinct value, not per row.
     """
-    import pandas as pd
-    y = np.asarray(y)
-    codes, uniques = pd.factorize(y, sort=False)
+    codes, uniques = factorize(y)
     normal = [norm_label(v) for v in uniques]
     labels = list(dict.fromkeys(normal))
     if len(labels) == len(normal):

@@ -203,7 +203,10 @@ def prepare(dataset, settings, rng, resume=None, fingerprint=False):
     say(f"Using sequences of size {pw * WINDOWS_PER_CHUNK} for model creation.", verbose)
     train_mask = hold_out_sessions(len(sessions), settings.validation_set, rng, verbose)
     mean, std = standardisation(values, np.repeat(train_mask, sessions.lengths), resume)
-    values = (values - mean.astype(np.float32)) / std.astype(np.float32)
+    # In place (``values`` is this function's own sorted copy): the same float32
+    # arithmetic as (values - mean) / std without two more arrays of the data's size.
+    values -= mean.astype(np.float32)
+    values /= std.astype(np.float32)
     valid = valid_frame = None
     if isinstance(settings.validation_set, pd.DataFrame):
         valid, valid_frame = prepare_validation(settings.validation_set, settings, classes,
@@ -238,9 +241,14 @@ def standardisation(values, train_rows, resume=None):
     if resume is not None and "feature_mean" in resume.state:
         return (np.asarray(resume.state["feature_mean"], np.float64),
                 np.asarray(resume.state["feature_std"], np.float64))
-    train = values[train_rows].astype(np.float64)
-    std = train.std(axis=0)
-    return train.mean(axis=0), np.where(std > 1e-12, std, 1.0)
+    # Column by column: a float64 copy of every training row would cost twice the
+    # float32 data's memory.
+    every = bool(train_rows.all())
+    mean, std = np.empty(values.shape[1]), np.empty(values.shape[1])
+    for j in range(values.shape[1]):
+        column = (values[:, j] if every else values[train_rows, j]).astype(np.float64)
+        mean[j], std[j] = column.mean(), column.std()
+    return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def prepare_validation(frame, settings, classes, mean, std):
@@ -263,7 +271,9 @@ def prepare_validation(frame, settings, classes, mean, std):
             return None, None
     values = V.numeric_features(frame, features, name)
     sessions = Sessions(V.check_session_ids(frame, session_id, name))
-    values = (values[sessions.order] - mean.astype(np.float32)) / std.astype(np.float32)
+    values = values[sessions.order]
+    values -= mean.astype(np.float32)
+    values /= std.astype(np.float32)
     return chunk(values, sessions, settings.prediction_window, ids[sessions.order],
                  len(classes)), frame
 

@@ -168,8 +168,10 @@ class ActivityClassifier(Model):
         V.check_columns_exist(dataset, cols, "the model's columns", name)
         values = V.numeric_features(dataset, s["features"], name)
         sessions = _data.Sessions(V.check_session_ids(dataset, s["session_id"], name))
-        values = (values[sessions.order] - np.asarray(s["feature_mean"], np.float32)) \
-            / np.asarray(s["feature_std"], np.float32)
+        values = values[sessions.order]
+        # In place: the same float32 arithmetic as (v - mean) / std, no temporaries.
+        values -= np.asarray(s["feature_mean"], np.float32)
+        values /= np.asarray(s["feature_std"], np.float32)
         return values, sessions
 
     def _window_probs(self, values, sessions):
@@ -193,15 +195,26 @@ class ActivityClassifier(Model):
         per_row[sessions.order] = sorted_probs
         return per_row, info
 
-    def _sorted_row_probs(self, values, sessions):
-        """Per-row probabilities of standardised rows in ``sessions`` order."""
-        probs, ch = self._window_probs(values, sessions)
-        # Map each (session, window) to its chunk slot.
+    def _per_row(self, window_values, sessions):
+        """``window_values`` (n_chunks, 20, ...) spread to the input rows (input order)."""
+        sorted_values = window_values[self._row_slots(sessions)]
+        per_row = np.empty_like(sorted_values)
+        per_row[sessions.order] = sorted_values
+        return per_row
+
+    def _row_slots(self, sessions):
+        """(chunk, window within the chunk) of each row in ``sessions`` order."""
         n_windows = -(-sessions.lengths // self._state["prediction_window"])
         first_chunk = np.concatenate([[0], np.cumsum(-(-n_windows // WINDOWS_PER_CHUNK))[:-1]])
         srow, wrow = _data.window_of_rows(sessions, self._state["prediction_window"])
         chunk_id = first_chunk[srow] + wrow // WINDOWS_PER_CHUNK
-        sorted_probs = probs[chunk_id, wrow % WINDOWS_PER_CHUNK]
+        return chunk_id, wrow % WINDOWS_PER_CHUNK
+
+    def _sorted_row_probs(self, values, sessions):
+        """Per-row probabilities of standardised rows in ``sessions`` order."""
+        probs, ch = self._window_probs(values, sessions)
+        sorted_probs = probs[self._row_slots(sessions)]
+        n_windows = -(-sessions.lengths // self._state["prediction_window"])
         return sorted_probs, (probs, ch, sessions, n_windows)
 
     def _check_output_args(self, output_frequency, output_type=None, types=()):
@@ -253,14 +266,18 @@ class ActivityClassifier(Model):
         """
         import pandas as pd
         self._check_output_args(output_frequency, output_type, ("class", "probability_vector"))
-        per_row, info = self._per_row_probs(dataset)
+        values, sessions = self._prepare(dataset)
+        probs, ch = self._window_probs(values, sessions)
+        del values
         classes = np.asarray(self._state["classes"], dtype=object)
         if output_frequency == "per_row":
             if output_type == "class":
-                return pd.Series(classes[per_row.argmax(axis=1)], index=dataset.index,
-                                 name="class")
-            return pd.Series(list(per_row), index=dataset.index, name="probability_vector")
-        frame, flat = self._per_window_frame(dataset, info)
+                # argmax once per window, then the class id spread to the rows.
+                ids = self._per_row(probs.argmax(axis=2), sessions)
+                return pd.Series(classes[ids], index=dataset.index, name="class")
+            return pd.Series(list(self._per_row(probs, sessions)), index=dataset.index,
+                             name="probability_vector")
+        frame, flat = self._per_window_frame(dataset, (probs, ch, sessions, None))
         if output_type == "class":
             frame["class"] = classes[flat.argmax(axis=1)]
         else:
@@ -716,8 +733,12 @@ def _metric_state(prefix, model, values, sessions, label_ids, session_mask):
     """``prefix + metric`` state entries: the model evaluated per row on the sessions
     of ``session_mask`` (standardised ``values`` and ``label_ids`` in sessions order)."""
     probs, _ = model._sorted_row_probs(values, sessions)
-    rows = np.repeat(session_mask, sessions.lengths)
     classes = model._state["classes"]
+    if session_mask.all():
+        # Every row (no hold-out): no copies of the probabilities and labels.
+        return _metrics_from_probs(prefix, np.asarray(classes, dtype=object)[label_ids],
+                                   probs, classes)
+    rows = np.repeat(session_mask, sessions.lengths)
     labels = np.asarray(classes, dtype=object)[label_ids[rows]]
     return _metrics_from_probs(prefix, labels, probs[rows], classes)
 

@@ -47,13 +47,32 @@ def build(num_features, num_classes, prediction_window, ctx=None):
         def trunk(self, F, x, h, c, mask_in=None):
             """Layers up to the dense layer before batch norm; its output and LSTM states."""
             # x: (batch, windows * prediction_window, features), time-major rows.
-            y = F.relu(self.conv(F.swapaxes(x, 1, 2)))          # (B, 64, windows)
-            y = F.swapaxes(y, 1, 2)                              # (B, windows, 64)
+            y = F.relu(self._windows_conv(F, x))                # (B, windows, 64)
             y = self.drop_in(y) if mask_in is None else y * mask_in
             # Begin states are always passed: a hybridized LSTM cannot be
             # called both with and without them.
             y, (h, c) = self.lstm(y, [h, c])
             return self.dense0(y), h, c
+
+        def _windows_conv(self, F, x):
+            """The convolution (kernel = stride = prediction_window), computed as one
+            dense layer over each window's rows.
+
+            A window is ``pw`` consecutive rows of ``x``, so reshaped to
+            ``(B, windows, pw * features)`` each window is one vector, and the
+            convolution's weight ``(64, features, pw)``, its two last axes swapped,
+            is that dense layer's weight. The same sums as ``self.conv`` on
+            ``swapaxes(x, 1, 2)`` (in another order: the last float bits may differ),
+            without transposing the large input and the output; measured side by
+            side, a training step took 0.90-0.96x the time of the transposing version.
+            """
+            if F is mx().nd:
+                weight, bias = self.conv.weight.data(x.context), self.conv.bias.data(x.context)
+            else:
+                weight, bias = self.conv.weight.var(), self.conv.bias.var()
+            weight = F.reshape(F.swapaxes(weight, 1, 2), shape=(0, -1))   # (64, pw * F)
+            x = F.reshape(x, shape=(0, -1, prediction_window * num_features))
+            return F.FullyConnected(x, weight, bias, num_hidden=CONV_FILTERS, flatten=False)
 
         def top(self, F, z, mask_out=None):
             """ReLU, dropout and the output layer, after batch norm."""

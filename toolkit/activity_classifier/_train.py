@@ -97,11 +97,15 @@ def augmented_chunks(values, sessions, label_ids, train_mask, prediction_window,
                      num_classes, rng):
     """One epoch's training chunks: random window offsets and per-channel gains."""
     gains = np.exp(rng.normal(0.0, CHANNEL_SCALE_STD, size=(len(sessions), values.shape[1])))
-    scaled = values * np.repeat(gains.astype(np.float32), sessions.lengths, axis=0)
     offsets = rng.randint(0, prediction_window, size=len(sessions)) \
         * (sessions.lengths > prediction_window)
-    return _data.chunk(scaled, sessions, prediction_window, label_ids, num_classes,
-                       offsets=offsets, session_mask=train_mask)
+    chunks = _data.chunk(values, sessions, prediction_window, label_ids, num_classes,
+                         offsets=offsets, session_mask=train_mask)
+    # Each chunk's rows scaled by its session's gains, in place after cutting: the
+    # same float32 products as scaling every row first, without a scaled copy of the
+    # data (padding stays zero).
+    chunks["data"] *= gains.astype(np.float32)[chunks["session"]][:, None, :]
+    return chunks
 
 
 def _group_matrix(groups):
@@ -313,6 +317,7 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     for it in range(first_iteration, last + 1):
         chunks = augmented_chunks(values, sessions, label_ids, train_mask, pw, C, rng)
         correct, loss, weight = _train_epoch(graphs, run, chunks, batch_size, rng, stats)
+        chunks = None       # freed before the next epoch's are cut
         weight = max(weight, 1e-5)
         row = [it, correct / weight, loss / weight]
         if valid is not None:
