@@ -23,11 +23,11 @@ import numpy as np
 from .. import _checkpoint, config
 from .. import _validate as V
 from .._metrics import classifier_metrics, report_by_class
-from .._model import Model, VersionStep
+from .._model import Model, VersionStep, task_method
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
 from ..errors import DataError, WeightsMismatchError
-from . import _data, _export, _net, _train
+from . import _data, _export, _net, _onnx_export, _train
 from ._data import WINDOWS_PER_CHUNK
 
 FILE_VERSION = 2
@@ -440,21 +440,8 @@ class ActivityClassifier(Model):
                  num_validation_examples=0, num_validation_sessions=0)
         return self
 
-    def export_coreml(self, path):
-        from ._export import export_coreml
-        return export_coreml(self, path)
-
-    # help(model.export_coreml) shows the app instructions (state, padding).
-    export_coreml.__doc__ = _export.export_coreml.__doc__
-
-    def export_onnx(self, path):
-        from ._onnx_export import export_onnx
-        return export_onnx(self, path)
-
-    # help(model.export_onnx) shows the same instructions for ONNX runtimes.
-    from ._onnx_export import export_onnx as _export_onnx_impl
-    export_onnx.__doc__ = _export_onnx_impl.__doc__
-    del _export_onnx_impl
+    export_coreml = task_method(_export.export_coreml)
+    export_onnx = task_method(_onnx_export.export_onnx)
 
 
 def _check_state(state):

@@ -37,11 +37,11 @@ import numpy as np
 from .. import _checkpoint, _images, config
 from .. import _validate as V
 from .._metrics import classifier_metrics
-from .._model import Model
+from .._model import Model, task_method
 from .._mx import get_weights
 from .._progress import say
 from ..errors import InvalidParameterError, WeightsMismatchError
-from . import _data, _export, _net, _train
+from . import _data, _export, _net, _onnx_export, _train
 
 FILE_VERSION = 1
 DEFAULT_MAX_ITERATIONS = 100
@@ -309,20 +309,8 @@ class ImageClassifier(Model):
         return EvaluationResult(metrics, lambda: image_report(
             images, y, probs, classes, title=title, index=index))
 
-    def export_coreml(self, path):
-        return _export.export_coreml(self, path)
-
-    # help(model.export_coreml) shows the input contract (pixels, size, labels).
-    export_coreml.__doc__ = _export.export_coreml.__doc__
-
-    def export_onnx(self, path):
-        from ._onnx_export import export_onnx
-        return export_onnx(self, path)
-
-    # help(model.export_onnx) shows the input contract (pixels, layout, outputs).
-    from ._onnx_export import export_onnx as _export_onnx_impl
-    export_onnx.__doc__ = _export_onnx_impl.__doc__
-    del _export_onnx_impl
+    export_coreml = task_method(_export.export_coreml)
+    export_onnx = task_method(_onnx_export.export_onnx)
 
 
 def _check_state(state):

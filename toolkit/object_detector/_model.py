@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import _checkpoint, _images, config
 from .. import _validate as V
-from .._model import Model
+from .._model import Model, task_method
 from .._mx import get_weights, mx
 from .._progress import say
 from ..errors import ColumnNotFoundError, InvalidParameterError
@@ -263,18 +263,8 @@ class ObjectDetector(Model):
         _annotations.warn_counters(counters, ann_col)
         return gt, preds
 
-    def export_coreml(self, path, include_non_maximum_suppression=True, iou_threshold=None,
-                      confidence_threshold=None):
-        return _export.export_coreml(self, path, include_non_maximum_suppression,
-                                     iou_threshold, confidence_threshold)
-
-    export_coreml.__doc__ = _export.export_coreml.__doc__
-
-    def export_onnx(self, path, iou_threshold=None, confidence_threshold=None):
-        return _onnx_export.export_onnx(self, path, iou_threshold, confidence_threshold)
-
-    # help(model.export_onnx) shows the input contract, the NMS and the outputs.
-    export_onnx.__doc__ = _onnx_export.export_onnx.__doc__
+    export_coreml = task_method(_export.export_coreml)
+    export_onnx = task_method(_onnx_export.export_onnx)
 
 
 # --- validation helpers --------------------------------------------------------------------
