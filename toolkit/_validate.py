@@ -338,6 +338,28 @@ def class_ids(y, target):
     return classes, np.array([class_index[norm_label(v)] for v in y], dtype=np.int64)
 
 
+def auto_hold_out(count, unit, validation_set, rng, fraction, minimum, verbose):
+    """Which of ``count`` items (sessions, images) ``validation_set='auto'`` holds out.
+
+    A boolean mask: ``round(fraction * count)`` items (at least one) drawn
+    with ``rng`` when ``validation_set`` is ``'auto'`` and there are at least
+    ``minimum`` items, else none. Says what it did when ``verbose``.
+    """
+    from ._progress import say
+    held = np.zeros(count, bool)
+    if not isinstance(validation_set, str):
+        return held
+    if count < minimum:
+        say(f"The dataset has {count} {unit}, fewer than the {minimum} needed for an "
+            "automatic validation set; continuing without a validation set.", verbose)
+        return held
+    n_valid = max(1, int(round(fraction * count)))
+    held[rng.choice(count, n_valid, replace=False)] = True
+    say(f"Holding out {n_valid} of {count} {unit} ({fraction:.0%}) at random for validation. "
+        "Set validation_set=None to train on all of them.", verbose)
+    return held
+
+
 class StateCheck:
     """The checks every task's ``_check_state`` makes of a stored state.
 

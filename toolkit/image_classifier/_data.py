@@ -14,7 +14,6 @@ import numpy as np
 from .. import _images
 from .. import _validate as V
 from .._mx import mx
-from .._progress import say
 from ..errors import DataError, InvalidParameterError, ToolkitWarning
 from . import _net
 
@@ -85,29 +84,14 @@ def prepare(dataset, settings):
     if isinstance(settings.validation_set, pd.DataFrame):
         valid = prepare_validation(settings.validation_set, feature, target,
                                    {c: i for i, c in enumerate(classes)})
-    train_rows = _hold_out(len(values), settings.validation_set,
-                           np.random.RandomState(settings.random_seed), settings.verbose)
+    held = V.auto_hold_out(len(values), "images", settings.validation_set,
+                           np.random.RandomState(settings.random_seed), VALIDATION_FRACTION,
+                           MIN_ROWS_FOR_AUTO_VALIDATION, settings.verbose)
+    train_rows = np.flatnonzero(~held)
     if len(np.unique(label_ids[train_rows])) < 2:
         raise DataError("After holding out the validation images only one class is left to "
                         "train on; pass validation_set=None or add images.")
     return TrainingData(classes, label_ids, values, index, train_rows, valid)
-
-
-def _hold_out(num_rows, validation_set, rng, verbose):
-    """The rows to train on: all but a random VALIDATION_FRACTION for ``'auto'``."""
-    train_rows = np.arange(num_rows)
-    if not isinstance(validation_set, str):
-        return train_rows
-    if num_rows < MIN_ROWS_FOR_AUTO_VALIDATION:
-        say(f"The dataset has {num_rows} images, fewer than the "
-            f"{MIN_ROWS_FOR_AUTO_VALIDATION} needed for an automatic validation set; "
-            "continuing without one.", verbose)
-        return train_rows
-    n_valid = max(1, int(round(VALIDATION_FRACTION * num_rows)))
-    held = np.sort(rng.choice(num_rows, n_valid, replace=False))
-    say(f"Holding out {n_valid} of {num_rows} images ({VALIDATION_FRACTION:.0%}) at "
-        "random for validation. Set validation_set=None to train on all of them.", verbose)
-    return np.setdiff1d(train_rows, held)
 
 
 def prepare_validation(frame, feature, target, class_index):
