@@ -338,6 +338,20 @@ def class_ids(y, target):
     return classes, np.array([class_index[norm_label(v)] for v in y], dtype=np.int64)
 
 
+def name_differences(missing, unexpected, wrong, what="weights", limit=None):
+    """One line naming every missing, unexpected and misshapen array (at most ``limit``
+    of each), for the errors of strict weight copies; '' when all fit."""
+    parts = []
+    for title, names, sep in ((f"missing {what}", missing, ", "),
+                              (f"unexpected {what}", unexpected, ", "),
+                              ("shape mismatches", wrong, "; ")):
+        if names:
+            shown = list(names)[:limit] if limit else list(names)
+            more = f" ... ({len(names)} in all)" if len(shown) < len(names) else ""
+            parts.append(f"{title}: {sep.join(shown)}{more}")
+    return " | ".join(parts)
+
+
 def auto_hold_out(count, unit, validation_set, rng, fraction, minimum, verbose):
     """Which of ``count`` items (sessions, images) ``validation_set='auto'`` holds out.
 
