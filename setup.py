@@ -44,6 +44,8 @@ setup(
             "onnx>=1.16,<1.18",
             "onnxruntime>=1.16",
             "nbclient",
+            # The notebooks draw their plots with it (scripts/run_notebooks.py).
+            "matplotlib",
             "nbformat",
             "ipykernel",
             # The object detector's mAP is checked against COCO's reference implementation.

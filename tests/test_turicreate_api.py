@@ -170,9 +170,10 @@ def test_random_split_by_session_errors(watch):
 # --- activity classifier: fields --------------------------------------------------------
 
 def test_activity_classifier_lists_turi_creates_fields(tiny_model):
-    # Turi Create's set, plus the validation counts every task has here.
+    # Turi Create's set, plus the validation counts every task has here and the
+    # training table (progress).
     assert set(tiny_model._list_fields()) == \
-        TC_AC_FIELDS | {"num_validation_examples", "num_validation_sessions"}
+        TC_AC_FIELDS | {"num_validation_examples", "num_validation_sessions", "progress"}
     assert tiny_model.verbose is False and tiny_model.use_data_augmentation is True
     assert tiny_model.num_validation_sessions == 0
     assert tiny_model.feature_mean == tiny_model["feature_mean"]   # readable, not listed
@@ -366,3 +367,29 @@ def test_activity_classifier_export_metadata(tiny_model, tmp_path):
             "max_iterations": str(tiny_model.max_iterations),
             "toolkit_version": tc.__version__}
     assert {k: meta.get(k) for k in want} == want
+
+
+def test_progress_is_the_training_table_and_survives_save_and_resume(watch_small, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+    from toolkit import _checkpoint
+    path, half = tmp_path / "run.ckpt", tmp_path / "half.ckpt"
+    write = _checkpoint.write
+
+    def keep_iteration_2(target, **kw):        # the checkpoint a crash after epoch 2 leaves
+        write(target, **kw)
+        if kw["position"]["iteration"] == 2:
+            shutil.copy(target, half)
+    monkeypatch.setattr(_checkpoint, "write", keep_iteration_2)
+    whole = _create(watch_small, max_iterations=4, checkpoint_path=str(path),
+                    checkpoint_every=1)
+    progress = whole.progress
+    assert list(progress["Iteration"]) == [1, 2, 3, 4]
+    assert progress["Train Accuracy"].between(0, 1).all()
+    whole.save(tmp_path / "m.model")
+    assert tc.load_model(tmp_path / "m.model").progress.equals(progress)
+    # The resumed run keeps the rows from before the checkpoint: the same curve.
+    resumed = _create(watch_small, max_iterations=4, resume_from=str(half))
+    assert list(resumed.progress["Iteration"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(resumed.progress["Train Accuracy"], progress["Train Accuracy"],
+                               atol=1e-6)

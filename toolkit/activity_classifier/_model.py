@@ -12,8 +12,10 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
    ``training_recall``, ``training_f1_score``, ``training_confusion_matrix``,
    ``training_roc_curve`` (frames stored as ``{column: [values]}``) and their
    ``validation_*`` twins. ``num_sessions``/``num_examples`` count the training
-   data only (version 1 counted held-out validation sessions too). Weights
-   unchanged. See :func:`_v1_to_v2_state` for what version-1 files get.
+   data only (version 1 counted held-out validation sessions too); ``progress``
+   (the training table's rows, ``{column: [values]}``, shown as a DataFrame;
+   absent in files written before it, which read as None). Weights unchanged.
+   See :func:`_v1_to_v2_state` for what version-1 files get.
 """
 
 import time
@@ -121,7 +123,18 @@ class ActivityClassifier(Model):
             if prefix == "training_" or used:
                 fields[prefix + "report_by_class"] = self._decoded(prefix + "confusion_matrix",
                                                                    "report_by_class")
+        fields["progress"] = self._progress()
         return fields
+
+    def _progress(self):
+        """The training table's rows as a DataFrame (None in files that predate it)."""
+        import pandas as pd
+        rows = self._state.get("progress")
+        if rows is None:
+            return None
+        # JSON sorts the keys: the table's own column order first.
+        order = [c for c in _train.PROGRESS_COLUMNS if c in rows]
+        return pd.DataFrame(rows)[order + sorted(set(rows) - set(order))]
 
     def _decoded(self, key, name):
         """The DataFrame of a stored metrics table (a fresh copy; None if not stored).
