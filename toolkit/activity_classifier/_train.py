@@ -336,10 +336,10 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     plain = _data.chunk(values, sessions, pw, label_ids, C, session_mask=train_mask)
     estimated = estimate_bn(model._graphs, plain)
     if estimated is not None:
-        final = dict(final, **{"bn.running_mean": estimated[0].astype(np.float32),
-                               "bn.running_var": estimated[1].astype(np.float32)})
+        final = dict(final, **{_net.BN_MEAN: estimated[0].astype(np.float32),
+                               _net.BN_VAR: estimated[1].astype(np.float32)})
         model._build(final)
-    bn_mean, bn_var = final["bn.running_mean"], final["bn.running_var"]
+    bn_mean, bn_var = final[_net.BN_MEAN], final[_net.BN_VAR]
     tacc, tloss = evaluate_chunks(model._graphs, plain, bn_mean, bn_var)
     log = {"training_accuracy": round(tacc, 6), "training_log_loss": round(tloss, 6),
            "validation_accuracy": None, "validation_log_loss": None,
@@ -353,8 +353,8 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
 def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint, progress):
     """Everything a resumed run needs, as keyword arguments of _checkpoint.write."""
     weights = get_weights(model._core, run.ctxs[0])
-    weights["bn.running_mean"] = stats.mean.astype(np.float32)
-    weights["bn.running_var"] = stats.var.astype(np.float32)
+    weights[_net.BN_MEAN] = stats.mean.astype(np.float32)
+    weights[_net.BN_VAR] = stats.var.astype(np.float32)
     meta, opt = _training.optimizer_arrays(run)
     arrays = {f"optimizer/{k}": v for k, v in opt.items()}
     if avg is not None:
