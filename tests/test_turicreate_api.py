@@ -477,6 +477,8 @@ def test_deep_features_are_the_models_features(ic_fixture, faces_deep):
     np.testing.assert_allclose(np.stack(mine), np.stack(deep), atol=1e-5)
     one = tc.image_analysis.get_deep_features(test["image"].iloc[0], verbose=False)
     np.testing.assert_allclose(one, deep.iloc[0], atol=1e-5)
+    with pytest.raises(InvalidParameterError, match=r"data\['image'\]"):
+        tc.image_analysis.get_deep_features(test)
 
 
 def test_create_on_deep_features_predicts_on_images_and_features(deep_model, faces_deep):
@@ -491,6 +493,9 @@ def test_create_on_deep_features_predicts_on_images_and_features(deep_model, fac
     assert deep_model.predict(test["deep_features"].iloc[0]) == \
         deep_model.predict(test["image"].iloc[0])
     assert deep_model.evaluate(test)["accuracy"] == 1.0
+    # Turi Create's positional order: metric, verbose, batch_size.
+    assert deep_model.evaluate(test, "accuracy", False, 2) == \
+        deep_model.evaluate(test, metric="accuracy")
 
 
 def test_deep_features_of_another_network_are_refused(faces_deep):
@@ -663,6 +668,7 @@ def test_detector_lists_turi_creates_fields(od_fixture):
     assert (od_fixture.annotation_origin, od_fixture.annotation_position,
             od_fixture.annotation_scale) == ("top_left", "center", "pixel")
     assert od_fixture.verbose is True                  # version-1 files: create()'s default
+    assert od_fixture.num_validation_examples == 0
     seconds = round(od_fixture.training_time)
     assert od_fixture._training_time_as_string == f"{seconds}s"
 

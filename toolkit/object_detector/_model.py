@@ -85,7 +85,8 @@ class ObjectDetector(Model):
     ``num_bounding_boxes``, ``batch_size``, ``max_iterations``,
     ``training_iterations``, ``training_epochs``, ``training_loss``,
     ``training_time``, ``_training_time_as_string`` (``'1h 2m 5s'``),
-    ``feature_extraction_time``, ``random_seed``, ``verbose``, and
+    ``feature_extraction_time``, ``random_seed``, ``verbose``,
+    ``num_validation_examples`` (always 0: no validation set), and
     ``annotation_origin`` (``'top_left'``), ``annotation_position``
     (``'center'``), ``annotation_scale`` (``'pixel'``): the annotation
     convention, Turi Create 6's fields.
@@ -124,6 +125,8 @@ class ObjectDetector(Model):
                       **ANNOTATION_CONVENTION)
         # Files written before create() stored it were made with its default.
         fields.setdefault("verbose", True)
+        # Every task counts its validation rows apart; the detector has none.
+        fields.setdefault("num_validation_examples", 0)
         seconds = self._state.get("training_time")
         fields["_training_time_as_string"] = None if seconds is None \
             else seconds_as_string(seconds)
