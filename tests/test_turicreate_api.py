@@ -601,6 +601,17 @@ def test_convergence_threshold_stops_training_early(faces_deep):
         _deep_create(train, convergence_threshold=-0.1)
 
 
+def test_a_converged_checkpoint_resumes_to_the_same_model(faces_deep, tmp_path):
+    train = faces_deep[0]
+    kw = dict(convergence_threshold=0.05, max_iterations=50)
+    path = str(tmp_path / "run.ckpt")
+    first = _deep_create(train, checkpoint_path=path, checkpoint_every=1, **kw)
+    again = _deep_create(train, resume_from=path, **kw)
+    assert again.training_iterations == first.training_iterations < 50
+    np.testing.assert_array_equal(again.classifier["coefficients"],
+                                  first.classifier["coefficients"])
+
+
 def test_predict_output_types_as_turi_create(deep_model, faces_deep):
     test = faces_deep[1]
     vectors = np.stack(deep_model.predict(test, output_type="probability_vector"))
