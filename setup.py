@@ -48,6 +48,8 @@ setup(
             "onnx>=1.16,<1.18",
             "onnxruntime>=1.16",
             "nbclient",
+            # The notebooks draw their plots with it (scripts/run_notebooks.py).
+            "matplotlib",
             "nbformat",
             "ipykernel",
             # The object detector's mAP is checked against COCO's reference implementation.
@@ -55,6 +57,8 @@ setup(
             # evaluate(...).explore() reports are opened in a real browser (the system's
             # chromium; scripts/setup_env.sh installs it with apt-get when run as root).
             "playwright",
+            # The README's snippets are checked for undefined names (tests/test_docs.py).
+            "pyflakes",
             # tc.datasets.quokka() reads imgaug's quokka.jpg + quokka_annotations.json
             # without importing imgaug; scripts/setup_env.sh installs
             # `imgaug==0.4.0` with --no-deps (its dependencies pull in OpenCV, which is not

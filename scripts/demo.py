@@ -19,13 +19,16 @@ import toolkit as tc
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None,
-                        help="folder for exercise.model and exercise.mlmodel (default: a temp dir)")
+                        help="folder for exercise.model, exercise.mlmodel and evaluation.html "
+                             "(default: a new temporary folder)")
     parser.add_argument("--max-iterations", type=int, default=None,
                         help="epochs (default: create()'s default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = args.out or tempfile.mkdtemp(prefix="toolkit-demo-")
     os.makedirs(out, exist_ok=True)
+    print(f"Writing the demo's files (exercise.model, exercise.mlmodel, evaluation.html) to "
+          f"{out}" + ("" if args.out else " (choose another folder with --out DIR)") + ".")
     t0 = time.perf_counter()
 
     data = tc.datasets.watch_sessions()
@@ -48,6 +51,9 @@ def main(argv=None):
     cm = metrics["confusion_matrix"].pivot(index="target_label", columns="predicted_label",
                                            values="count").fillna(0).astype(int)
     print(cm.to_string())
+    report = metrics.explore(os.path.join(out, "evaluation.html"), open_browser=False)
+    print(f"Wrote {report}: open it in a browser to see the mistakes (confusion matrix, "
+          "sessions, sensor traces).")
 
     path = os.path.join(out, "exercise.model")
     model.save(path)

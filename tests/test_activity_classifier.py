@@ -259,3 +259,12 @@ def test_auto_iterations_depend_on_data_size():
     assert auto_iterations(84, 32) == 240
     assert auto_iterations(100_000, 32) == 10
     assert auto_iterations(1, 32) == 300
+
+
+def test_weight_name_constants_are_the_networks_structural_names():
+    """Exporters, training and checkpoints take weight names from _net: they must be
+    exactly the names the network stores (a rename is then one edit there)."""
+    from toolkit._mx import structural_params
+    from toolkit.activity_classifier import _net
+    core, _, _ = _net.build(3, 4, 10)
+    assert sorted(structural_params(core)) == sorted(_net.WEIGHT_NAMES)

@@ -24,6 +24,8 @@ def test_readme_demo_runs_end_to_end(tmp_path):
     assert accuracy > 0.6, done.stdout
     assert os.path.getsize(tmp_path / "exercise.model") > 0
     assert os.path.getsize(tmp_path / "exercise.mlmodel") > 0
+    assert os.path.getsize(tmp_path / "evaluation.html") > 0
+    assert f"to {tmp_path}" in done.stdout.splitlines()[0]
 
 
 @pytest.mark.slow

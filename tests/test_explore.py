@@ -33,6 +33,9 @@ def browser():
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
     exe = _chromium()
+    if exe is None and os.environ.get("CI"):
+        # CI installs chromium (scripts/setup_env.sh): its absence there is a failure.
+        pytest.fail("CI has no chromium: scripts/setup_env.sh test could not install it")
     if exe is None:
         pytest.skip("no chromium found (apt-get install chromium, or set TOOLKIT_CHROMIUM); "
                     "scripts/setup_env.sh test installs it when run as root")

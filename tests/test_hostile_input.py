@@ -339,3 +339,44 @@ def test_export_failure_names_the_users_path(small_model, tmp_path, monkeypatch)
         small_model.export_onnx(str(tmp_path / "m.onnx"))
     assert "no space left" in str(e.value) and ".tmp" not in str(e.value)
 
+
+
+# --- object detector: labels and the feature file --------------------------------------------
+
+def test_detector_refuses_labels_of_mixed_kinds():
+    # Before: trained, then export_coreml failed with "invalid literal for int()".
+    scenes = tc.datasets.detection_scenes(4, random_seed=0)
+    first = scenes["annotations"][0]
+    scenes.at[0, "annotations"] = [dict(first[0], label=7)] + list(first[1:])
+    with pytest.raises(DataError, match="mix int and str"):
+        tc.object_detector.create(scenes, max_iterations=1, verbose=False)
+
+
+def test_killed_detector_leaves_no_feature_file(tmp_path):
+    """The float16 feature cache (~165 KB per image) has no name once mapped, so a process
+    killed with SIGKILL mid-run leaves nothing in the temp directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = ("import sys, time\n"
+              "from toolkit.object_detector._train import FeatureCache\n"
+              "cache = FeatureCache(50).__enter__()\n"
+              "cache.coarse[:] = 1\n"
+              "print('mapped', flush=True)\n"
+              "time.sleep(600)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=root), cwd=root)
+    try:
+        assert proc.stdout.readline().strip() == "mapped"
+        assert os.listdir(tmp) == []             # unlinked while in use
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.1)
+    assert os.listdir(tmp) == []

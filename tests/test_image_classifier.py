@@ -84,7 +84,7 @@ def test_predict_topk(model, split, test_probs):
     assert list(rank["rank"]) == [0, 0, 0]
     assert list(rank["class"]) == list(model.predict(test))
     with pytest.raises(InvalidParameterError):
-        model.predict_topk(test, output_type="margin")
+        model.predict_topk(test, output_type="logit")
     with pytest.raises(InvalidParameterError):
         model.predict_topk(test, k=0)
 
@@ -341,7 +341,7 @@ def test_prediction_input_must_hold_the_model_column(model, split):
     with pytest.raises(InvalidParameterError):
         model.predict(42)
     with pytest.raises(InvalidParameterError):
-        model.predict(split[1], output_type="margin")
+        model.predict(split[1], output_type="logit")
 
 
 def test_decoding_is_streamed():

@@ -18,8 +18,8 @@ from ._model import load_model  # noqa: E402
 from . import errors  # noqa: E402
 from .errors import ToolkitError  # noqa: E402
 
-_SUBMODULES = ("activity_classifier", "config", "datasets", "distributed", "image_classifier",
-               "object_detector")
+_SUBMODULES = ("activity_classifier", "config", "datasets", "distributed", "image_analysis",
+               "image_classifier", "object_detector")
 
 
 def __getattr__(name):

@@ -18,6 +18,7 @@ A task model class declares:
   code and copies the weights in).
 """
 
+import functools
 import importlib
 
 from . import _model_file
@@ -176,6 +177,18 @@ def run_chain(steps, version, target, what, json_part, arrays):
         json_part, arrays = step(dict(json_part), dict(arrays))
         version += 1
     return json_part, arrays
+
+
+def task_method(function):
+    """``function(model, ...)`` (an exporter) as a model method.
+
+    ``help(model.export_onnx)`` then shows the exporter's own docstring and
+    signature: the task's input contract, written once beside the code.
+    """
+    @functools.wraps(function)
+    def method(self, *args, **kwargs):
+        return function(self, *args, **kwargs)
+    return method
 
 
 def open_model_file(path):

@@ -108,16 +108,11 @@ def set_weights(block, weights, what="model"):
         if expected != got and not (0 in expected and len(expected) == len(got)):
             wrong.append(f"{name}: expected {expected}, got {got}")
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing weights: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected weights: {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatches: {'; '.join(wrong)}")
+        from ._validate import name_differences
         raise WeightsMismatchError(
             f"The stored weights do not fit the {what} network rebuilt from the file's settings "
-            f"({' | '.join(parts)}). The file is damaged or was edited.")
+            f"({name_differences(missing, unexpected, wrong)}). The file is damaged or was "
+            "edited.")
     nd = mx().nd
     for name, p in params.items():
         # Networks are built with every input size given, so parameters are

@@ -21,6 +21,13 @@ class ProgressTable:
         self.stream = stream
         self.width = max(len(c) for c in self.columns) + 2
         self.t0 = time.perf_counter()
+        #: Every row shown (or not, when quiet), column by column: the training curve.
+        self.history = {c: [] for c in self.columns}
+
+    def restore(self, history):
+        """Start from the rows of an earlier run (a resumed training keeps its curve)."""
+        for c in self.columns:
+            self.history[c] = list((history or {}).get(c, []))
 
     def _out(self, line):
         if self.verbose:
@@ -41,6 +48,8 @@ class ProgressTable:
         return time.perf_counter() - self.t0
 
     def row(self, *values):
+        for c, v in zip(self.columns, values):
+            self.history[c].append(_plain(v))
         cells = []
         for v in values:
             if isinstance(v, float):
@@ -50,6 +59,18 @@ class ProgressTable:
 
     def finish(self):
         self._rule()
+
+
+def _plain(value):
+    """A JSON number for a table cell (numpy scalars and numeric strings included)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def say(message, verbose=True, stream=None):

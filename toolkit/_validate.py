@@ -427,6 +427,42 @@ def class_ids(y, target):
     return classes, ids
 
 
+def name_differences(missing, unexpected, wrong, what="weights", limit=None):
+    """One line naming every missing, unexpected and misshapen array (at most ``limit``
+    of each), for the errors of strict weight copies; '' when all fit."""
+    parts = []
+    for title, names, sep in ((f"missing {what}", missing, ", "),
+                              (f"unexpected {what}", unexpected, ", "),
+                              ("shape mismatches", wrong, "; ")):
+        if names:
+            shown = list(names)[:limit] if limit else list(names)
+            more = f" ... ({len(names)} in all)" if len(shown) < len(names) else ""
+            parts.append(f"{title}: {sep.join(shown)}{more}")
+    return " | ".join(parts)
+
+
+def auto_hold_out(count, unit, validation_set, rng, fraction, minimum, verbose):
+    """Which of ``count`` items (sessions, images) ``validation_set='auto'`` holds out.
+
+    A boolean mask: ``round(fraction * count)`` items (at least one) drawn
+    with ``rng`` when ``validation_set`` is ``'auto'`` and there are at least
+    ``minimum`` items, else none. Says what it did when ``verbose``.
+    """
+    from ._progress import say
+    held = np.zeros(count, bool)
+    if not isinstance(validation_set, str):
+        return held
+    if count < minimum:
+        say(f"The dataset has {count} {unit}, fewer than the {minimum} needed for an "
+            "automatic validation set; continuing without a validation set.", verbose)
+        return held
+    n_valid = max(1, int(round(fraction * count)))
+    held[rng.choice(count, n_valid, replace=False)] = True
+    say(f"Holding out {n_valid} of {count} {unit} ({fraction:.0%}) at random for validation. "
+        "Set validation_set=None to train on all of them.", verbose)
+    return held
+
+
 class StateCheck:
     """The checks every task's ``_check_state`` makes of a stored state.
 

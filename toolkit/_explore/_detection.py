@@ -9,10 +9,9 @@ which drawn box is a true positive, a false positive or a miss.
 
 import numpy as np
 
+from .. import _boxes as coco
 from . import _page
 
-MAX_DETECTIONS = 100
-RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 _SLIDER_STEPS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 _SCRIPT = r"""
@@ -137,19 +136,6 @@ def _boxes(items, index, with_score):
     return np.asarray(rows, np.float64).reshape(-1, 6 if with_score else 5)
 
 
-def _iou(d, g):
-    """IoU of centre boxes, in corner form as pycocotools computes it (no +1)."""
-    d0x, d0y = d[:, 0] - d[:, 2] / 2, d[:, 1] - d[:, 3] / 2
-    g0x, g0y = g[:, 0] - g[:, 2] / 2, g[:, 1] - g[:, 3] / 2
-    iw = np.clip(np.minimum((d0x + d[:, 2])[:, None], (g0x + g[:, 2])[None])
-                 - np.maximum(d0x[:, None], g0x[None]), 0, None)
-    ih = np.clip(np.minimum((d0y + d[:, 3])[:, None], (g0y + g[:, 3])[None])
-                 - np.maximum(d0y[:, None], g0y[None]), 0, None)
-    inter = iw * ih
-    union = (d[:, 2] * d[:, 3])[:, None] + (g[:, 2] * g[:, 3])[None] - inter
-    return inter / np.maximum(union, np.finfo(np.float64).tiny)
-
-
 def precision_recall(ground_truth, predictions, classes=None, iou_threshold=0.5):
     """Match detections to true boxes (COCO's rules) and build per-class precision-recall.
 
@@ -186,7 +172,6 @@ def precision_recall(ground_truth, predictions, classes=None, iou_threshold=0.5)
     per = [[] for _ in range(C)]                        # (score, tp) per used detection
     n_gt = np.zeros(C, np.int64)
     images = []
-    thr = min(iou_threshold, 1 - 1e-10)
     for gts, dets in zip(ground_truth, predictions):
         g = _boxes(gts, index, False)
         d = _boxes(dets, index, True)
@@ -199,19 +184,11 @@ def precision_recall(ground_truth, predictions, classes=None, iou_threshold=0.5)
             n_gt[c] += len(gi)
             if not len(di):
                 continue
-            di = di[np.argsort(-d[di, 5], kind="mergesort")][:MAX_DETECTIONS]
+            di = di[np.argsort(-d[di, 5], kind="mergesort")][:coco.MAX_DETECTIONS]
             det_used[di] = True
-            ious = _iou(d[di, 1:5], g[gi, 1:5]) if len(gi) else np.zeros((len(di), 0))
-            taken = np.zeros(len(gi), bool)
-            for a, k in enumerate(di):
-                best, m = thr, -1
-                for j in range(len(gi)):
-                    # >= keeps the last of equal IoUs, as COCOeval does.
-                    if taken[j] or ious[a, j] < best:
-                        continue
-                    best, m = ious[a, j], j
+            matched = coco.greedy_match(coco.iou(d[di, 1:5], g[gi, 1:5]), iou_threshold)
+            for k, m in zip(di, matched):
                 if m >= 0:
-                    taken[m] = True
                     det_tp[k] = True
                     gt_score[gi[m]] = d[k, 5]
                 per[c].append((d[k, 5], det_tp[k]))
@@ -221,22 +198,11 @@ def precision_recall(ground_truth, predictions, classes=None, iou_threshold=0.5)
     for c in range(C):
         st = np.asarray(per[c], np.float64).reshape(-1, 2)
         # Detections in image order, then a stable sort by score: COCOeval's order.
-        order = np.argsort(-st[:, 0], kind="mergesort")
-        tp = np.cumsum(st[order, 1])
-        fp = np.cumsum(1 - st[order, 1])
-        recall = tp / n_gt[c] if n_gt[c] else np.zeros(len(tp))
-        precision = tp / np.maximum(tp + fp, np.spacing(1))
+        order, precision, recall = coco.precision_recall(st, n_gt[c])
         if n_gt[c] == 0:
             ap = float("nan")
-        elif not len(st):
-            ap = 0.0
         else:
-            env = np.maximum.accumulate(precision[::-1])[::-1]
-            idx = np.searchsorted(recall, RECALL_POINTS, side="left")
-            q = np.zeros(len(RECALL_POINTS))
-            ok = idx < len(env)
-            q[ok] = env[idx[ok]]
-            ap = float(q.mean())
+            ap = coco.average_precision(precision, recall)
         out.append({"label": classes[c], "ap": ap, "n_gt": int(n_gt[c]),
                     "scores": st[order, 0], "precision": precision, "recall": recall})
     return {"classes": classes, "per_class": out, "images": images}

@@ -201,7 +201,8 @@ def prepare(dataset, settings, rng, resume=None, fingerprint=False):
     digest = _checkpoint.fingerprint(values, sessions.lengths, label_ids, classes) \
         if fingerprint else None
     say(f"Using sequences of size {pw * WINDOWS_PER_CHUNK} for model creation.", verbose)
-    train_mask = hold_out_sessions(len(sessions), settings.validation_set, rng, verbose)
+    train_mask = ~V.auto_hold_out(len(sessions), "sessions", settings.validation_set, rng,
+                                  VALIDATION_FRACTION, MIN_SESSIONS_FOR_AUTO_VALIDATION, verbose)
     mean, std = standardisation(values, np.repeat(train_mask, sessions.lengths), resume)
     # In place (``values`` is this function's own sorted copy): the same float32
     # arithmetic as (values - mean) / std without two more arrays of the data's size.
@@ -217,22 +218,6 @@ def prepare(dataset, settings, rng, resume=None, fingerprint=False):
     return TrainingData(values=values, sessions=sessions, label_ids=label_ids, classes=classes,
                         train_mask=train_mask, valid=valid, valid_frame=valid_frame, mean=mean,
                         std=std, fingerprint=digest, prediction_window=pw)
-
-
-def hold_out_sessions(num_sessions, validation_set, rng, verbose):
-    """The sessions to train on: all but a random VALIDATION_FRACTION for ``'auto'``."""
-    train_mask = np.ones(num_sessions, bool)
-    if not isinstance(validation_set, str):
-        return train_mask
-    if num_sessions < MIN_SESSIONS_FOR_AUTO_VALIDATION:
-        say(f"The dataset has {num_sessions} sessions, fewer than the "
-            f"{MIN_SESSIONS_FOR_AUTO_VALIDATION} needed for an automatic validation split; "
-            "continuing without a validation set.", verbose)
-        return train_mask
-    n_valid = max(1, int(round(VALIDATION_FRACTION * num_sessions)))
-    train_mask[rng.choice(num_sessions, n_valid, replace=False)] = False
-    say(f"Holding out {n_valid} of {num_sessions} sessions for validation.", verbose)
-    return train_mask
 
 
 def standardisation(values, train_rows, resume=None):

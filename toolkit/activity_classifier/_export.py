@@ -181,32 +181,32 @@ def export_coreml(model, path):
                           b=(-mean / std).astype(np.float32), has_bias=True,
                           input_name="permuted", output_name="standardized",
                           shape_scale=[n_features], shape_bias=[n_features])
-        conv_w = w["conv.weight"].reshape(_net.CONV_FILTERS, n_features, 1, pw)
+        conv_w = w[_net.CONV_WEIGHT].reshape(_net.CONV_FILTERS, n_features, 1, pw)
         builder.add_convolution(
             "conv", kernel_channels=n_features, output_channels=_net.CONV_FILTERS,
             height=1, width=pw, stride_height=1, stride_width=pw, border_mode="valid",
             groups=1, W=np.ascontiguousarray(conv_w.transpose(2, 3, 1, 0)),
-            b=w["conv.bias"], has_bias=True, input_name="standardized", output_name="conv")
+            b=w[_net.CONV_BIAS], has_bias=True, input_name="standardized", output_name="conv")
         builder.add_activation("relu0", "RELU", "conv", "relu0")
         # One Core ML bias per gate: mxnet adds its i2h and h2h biases.
         builder.add_unilstm(
-            "lstm", W_h=_lstm_gates(w["lstm.l0_h2h_weight"]),
-            W_x=_lstm_gates(w["lstm.l0_i2h_weight"]),
-            b=_lstm_gates(w["lstm.l0_i2h_bias"] + w["lstm.l0_h2h_bias"]),
+            "lstm", W_h=_lstm_gates(w[_net.LSTM_H2H_WEIGHT]),
+            W_x=_lstm_gates(w[_net.LSTM_I2H_WEIGHT]),
+            b=_lstm_gates(w[_net.LSTM_I2H_BIAS] + w[_net.LSTM_H2H_BIAS]),
             hidden_size=hidden, input_size=_net.CONV_FILTERS,
             input_names=["relu0", STATE_INPUTS[0], STATE_INPUTS[1]],
             output_names=["lstm", STATE_OUTPUTS[0], STATE_OUTPUTS[1]],
             inner_activation="SIGMOID", cell_state_update_activation="TANH",
             output_activation="TANH", output_all=False)
-        builder.add_inner_product("dense0", W=w["dense0.weight"], b=w["dense0.bias"],
+        builder.add_inner_product("dense0", W=w[_net.DENSE0_WEIGHT], b=w[_net.DENSE0_BIAS],
                                   input_channels=hidden, output_channels=_net.DENSE_HIDDEN,
                                   has_bias=True, input_name="lstm", output_name="dense0")
-        builder.add_batchnorm("bn", channels=_net.DENSE_HIDDEN, gamma=w["bn.gamma"],
-                              beta=w["bn.beta"], mean=w["bn.running_mean"],
-                              variance=w["bn.running_var"], input_name="dense0",
+        builder.add_batchnorm("bn", channels=_net.DENSE_HIDDEN, gamma=w[_net.BN_GAMMA],
+                              beta=w[_net.BN_BETA], mean=w[_net.BN_MEAN],
+                              variance=w[_net.BN_VAR], input_name="dense0",
                               output_name="bn", epsilon=_net.BN_EPSILON)
         builder.add_activation("relu1", "RELU", "bn", "relu1")
-        builder.add_inner_product("dense1", W=w["dense1.weight"], b=w["dense1.bias"],
+        builder.add_inner_product("dense1", W=w[_net.DENSE1_WEIGHT], b=w[_net.DENSE1_BIAS],
                                   input_channels=_net.DENSE_HIDDEN, output_channels=n_classes,
                                   has_bias=True, input_name="relu1", output_name="dense1")
         # dense1 is (C, 1, 1): softmax over C exactly.

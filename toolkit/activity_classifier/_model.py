@@ -12,8 +12,10 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
    ``training_recall``, ``training_f1_score``, ``training_confusion_matrix``,
    ``training_roc_curve`` (frames stored as ``{column: [values]}``) and their
    ``validation_*`` twins. ``num_sessions``/``num_examples`` count the training
-   data only (version 1 counted held-out validation sessions too). Weights
-   unchanged. See :func:`_v1_to_v2_state` for what version-1 files get.
+   data only (version 1 counted held-out validation sessions too); ``progress``
+   (the training table's rows, ``{column: [values]}``, shown as a DataFrame;
+   absent in files written before it, which read as None). Weights unchanged.
+   See :func:`_v1_to_v2_state` for what version-1 files get.
 """
 
 import time
@@ -23,11 +25,11 @@ import numpy as np
 from .. import _checkpoint, config
 from .. import _validate as V
 from .._metrics import classifier_metrics, report_by_class
-from .._model import Model, VersionStep
+from .._model import Model, VersionStep, task_method
 from .._mx import get_weights, mx, set_weights
 from .._progress import say
 from ..errors import DataError, WeightsMismatchError
-from . import _data, _export, _net, _train
+from . import _data, _export, _net, _onnx_export, _train
 from ._data import WINDOWS_PER_CHUNK
 
 FILE_VERSION = 2
@@ -121,7 +123,18 @@ class ActivityClassifier(Model):
             if prefix == "training_" or used:
                 fields[prefix + "report_by_class"] = self._decoded(prefix + "confusion_matrix",
                                                                    "report_by_class")
+        fields["progress"] = self._progress()
         return fields
+
+    def _progress(self):
+        """The training table's rows as a DataFrame (None in files that predate it)."""
+        import pandas as pd
+        rows = self._state.get("progress")
+        if rows is None:
+            return None
+        # JSON sorts the keys: the table's own column order first.
+        order = [c for c in _train.PROGRESS_COLUMNS if c in rows]
+        return pd.DataFrame(rows)[order + sorted(set(rows) - set(order))]
 
     def _decoded(self, key, name):
         """The DataFrame of a stored metrics table (a fresh copy; None if not stored).
@@ -455,21 +468,8 @@ class ActivityClassifier(Model):
                  num_validation_examples=0, num_validation_sessions=0)
         return self
 
-    def export_coreml(self, path):
-        from ._export import export_coreml
-        return export_coreml(self, path)
-
-    # help(model.export_coreml) shows the app instructions (state, padding).
-    export_coreml.__doc__ = _export.export_coreml.__doc__
-
-    def export_onnx(self, path):
-        from ._onnx_export import export_onnx
-        return export_onnx(self, path)
-
-    # help(model.export_onnx) shows the same instructions for ONNX runtimes.
-    from ._onnx_export import export_onnx as _export_onnx_impl
-    export_onnx.__doc__ = _export_onnx_impl.__doc__
-    del _export_onnx_impl
+    export_coreml = task_method(_export.export_coreml)
+    export_onnx = task_method(_onnx_export.export_onnx)
 
 
 def _check_state(state):

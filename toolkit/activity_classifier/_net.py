@@ -19,6 +19,20 @@ LSTM_HIDDEN = 200
 DENSE_HIDDEN = 128
 BN_EPSILON = 1e-3
 
+# The stored weights' names: the attribute paths of ActivityCore's parameters
+# (toolkit._mx.structural_params). Exporters, training and checkpoints use these
+# names, so renaming a layer is an edit here plus a toolkit._model.VersionStep.
+CONV_WEIGHT, CONV_BIAS = "conv.weight", "conv.bias"
+LSTM_I2H_WEIGHT, LSTM_H2H_WEIGHT = "lstm.l0_i2h_weight", "lstm.l0_h2h_weight"
+LSTM_I2H_BIAS, LSTM_H2H_BIAS = "lstm.l0_i2h_bias", "lstm.l0_h2h_bias"
+DENSE0_WEIGHT, DENSE0_BIAS = "dense0.weight", "dense0.bias"
+BN_GAMMA, BN_BETA = "bn.gamma", "bn.beta"
+BN_MEAN, BN_VAR = "bn.running_mean", "bn.running_var"
+DENSE1_WEIGHT, DENSE1_BIAS = "dense1.weight", "dense1.bias"
+WEIGHT_NAMES = (CONV_WEIGHT, CONV_BIAS, LSTM_I2H_WEIGHT, LSTM_H2H_WEIGHT, LSTM_I2H_BIAS,
+                LSTM_H2H_BIAS, DENSE0_WEIGHT, DENSE0_BIAS, BN_GAMMA, BN_BETA, BN_MEAN, BN_VAR,
+                DENSE1_WEIGHT, DENSE1_BIAS)
+
 
 def _blocks():
     gluon = mx().gluon

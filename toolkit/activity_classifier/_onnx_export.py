@@ -201,9 +201,9 @@ def export_onnx(model, path):
     y = g.node("Sub", [x, g.initializer("/standardize/mean", mean)], ["/standardize/centered"])
     y = g.node("Div", [y, g.initializer("/standardize/std", std)], ["/standardize/out"])
     y = g.node("Transpose", [y], ["/transpose/out"], perm=[0, 2, 1])
-    conv_w = np.asarray(w["conv.weight"], np.float32).reshape(_net.CONV_FILTERS, n_features, pw)
+    conv_w = np.asarray(w[_net.CONV_WEIGHT], np.float32).reshape(_net.CONV_FILTERS, n_features, pw)
     y = g.node("Conv", [y, g.initializer("/conv/W", conv_w),
-                        g.initializer("/conv/B", w["conv.bias"])], ["/conv/out"],
+                        g.initializer("/conv/B", w[_net.CONV_BIAS])], ["/conv/out"],
                kernel_shape=[pw], strides=[pw], pads=[0, 0], dilations=[1], group=1)
     y = g.node("Relu", [y], ["/relu0/out"])
     y = g.node("Transpose", [y], ["/to_sequence/out"], perm=[2, 0, 1])      # (1, B, 64)
@@ -211,26 +211,28 @@ def export_onnx(model, path):
     h = g.node("Unsqueeze", [h0, axes0], ["/lstm/h0"])
     c = g.node("Unsqueeze", [c0, axes0], ["/lstm/c0"])
     # ONNX B = [Wb, Rb]: mxnet's i2h and h2h biases, each in ONNX gate order.
-    bias = np.concatenate([_onnx_gates(w["lstm.l0_i2h_bias"]),
-                           _onnx_gates(w["lstm.l0_h2h_bias"])])
+    bias = np.concatenate([_onnx_gates(w[_net.LSTM_I2H_BIAS]),
+                           _onnx_gates(w[_net.LSTM_H2H_BIAS])])
     _, yh, yc = g.node(
-        "LSTM", [y, g.initializer("/lstm/W", _onnx_gates(w["lstm.l0_i2h_weight"])[None]),
-                 g.initializer("/lstm/R", _onnx_gates(w["lstm.l0_h2h_weight"])[None]),
+        "LSTM", [y, g.initializer("/lstm/W", _onnx_gates(w[_net.LSTM_I2H_WEIGHT])[None]),
+                 g.initializer("/lstm/R", _onnx_gates(w[_net.LSTM_H2H_WEIGHT])[None]),
                  g.initializer("/lstm/B", bias[None]), "", h, c],
         ["", "/lstm/Y_h", "/lstm/Y_c"], name="/lstm", hidden_size=hidden, direction="forward")
     y = g.node("Squeeze", [yh, axes0], [STATE_OUTPUTS[0]])
     g.node("Squeeze", [yc, axes0], [STATE_OUTPUTS[1]])
-    y = g.node("Gemm", [y, g.initializer("/dense0/W", w["dense0.weight"]),
-                        g.initializer("/dense0/B", w["dense0.bias"])], ["/dense0/out"], transB=1)
+    y = g.node("Gemm", [y, g.initializer("/dense0/W", w[_net.DENSE0_WEIGHT]),
+                        g.initializer("/dense0/B", w[_net.DENSE0_BIAS])], ["/dense0/out"],
+               transB=1)
     y = g.node("BatchNormalization",
-               [y, g.initializer("/bn/scale", w["bn.gamma"]),
-                g.initializer("/bn/B", w["bn.beta"]),
-                g.initializer("/bn/mean", w["bn.running_mean"]),
-                g.initializer("/bn/var", w["bn.running_var"])], ["/bn/out"],
+               [y, g.initializer("/bn/scale", w[_net.BN_GAMMA]),
+                g.initializer("/bn/B", w[_net.BN_BETA]),
+                g.initializer("/bn/mean", w[_net.BN_MEAN]),
+                g.initializer("/bn/var", w[_net.BN_VAR])], ["/bn/out"],
                epsilon=float(_net.BN_EPSILON))
     y = g.node("Relu", [y], ["/relu1/out"])
-    y = g.node("Gemm", [y, g.initializer("/dense1/W", w["dense1.weight"]),
-                        g.initializer("/dense1/B", w["dense1.bias"])], ["/dense1/out"], transB=1)
+    y = g.node("Gemm", [y, g.initializer("/dense1/W", w[_net.DENSE1_WEIGHT]),
+                        g.initializer("/dense1/B", w[_net.DENSE1_BIAS])], ["/dense1/out"],
+               transB=1)
     probs = g.node("Softmax", [y], [prob_name], axis=1)
     index = g.node("ArgMax", [probs], [index_name], axis=1, keepdims=0)
     g.node("Gather", [g.initializer("/labels", labels, label_dtype), index], [target], axis=0)

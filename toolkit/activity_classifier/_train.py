@@ -83,6 +83,9 @@ TARGET_STEPS = 720
 MIN_AUTO_ITERATIONS = 10
 MAX_AUTO_ITERATIONS = 300
 EVAL_BATCH = 256
+#: The training table's columns (stored as the model's ``progress``).
+PROGRESS_COLUMNS = ("Iteration", "Train Accuracy", "Train Loss", "Validation Accuracy",
+                    "Validation Loss", "Elapsed Time")
 _T = _data.WINDOWS_PER_CHUNK
 
 
@@ -308,10 +311,10 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
             say("The optimizer's moments of a cluster run live on its servers and are not in "
                 "the checkpoint: they restart from zero.", verbose)
     say(f"Training on {run.describe()}.", verbose)
-    cols = ["Iteration", "Train Accuracy", "Train Loss"]
-    if valid is not None:
-        cols += ["Validation Accuracy", "Validation Loss"]
-    table = ProgressTable(cols + ["Elapsed Time"], verbose)
+    cols = [c for c in PROGRESS_COLUMNS if valid is not None or "Validation" not in c]
+    table = ProgressTable(cols, verbose)
+    if resume is not None:
+        table.restore(resume.extra.get("progress"))
     table.start()
     schedule = checkpoint["schedule"] if checkpoint else None
     for it in range(first_iteration, last + 1):
@@ -329,7 +332,7 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
         table.row(*row, f"{table.elapsed():.1f}")
         if schedule is not None and schedule.due(it, final=(it == last)):
             schedule.write(lambda: _snapshot(model, run, stats, avg, n_avg, rng, it, last,
-                                             checkpoint))
+                                             checkpoint, table.history))
     table.finish()
     final = avg if avg is not None else get_weights(core, run.ctxs[0])
     # A fresh network takes the final weights: copying into parameters that
@@ -338,25 +341,25 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     plain = _data.chunk(values, sessions, pw, label_ids, C, session_mask=train_mask)
     estimated = estimate_bn(model._graphs, plain)
     if estimated is not None:
-        final = dict(final, **{"bn.running_mean": estimated[0].astype(np.float32),
-                               "bn.running_var": estimated[1].astype(np.float32)})
+        final = dict(final, **{_net.BN_MEAN: estimated[0].astype(np.float32),
+                               _net.BN_VAR: estimated[1].astype(np.float32)})
         model._build(final)
-    bn_mean, bn_var = final["bn.running_mean"], final["bn.running_var"]
+    bn_mean, bn_var = final[_net.BN_MEAN], final[_net.BN_VAR]
     tacc, tloss = evaluate_chunks(model._graphs, plain, bn_mean, bn_var)
     log = {"training_accuracy": round(tacc, 6), "training_log_loss": round(tloss, 6),
            "validation_accuracy": None, "validation_log_loss": None,
-           "training_iterations": last}
+           "training_iterations": last, "progress": table.history}
     if valid is not None:
         vacc, vloss = evaluate_chunks(model._graphs, valid, bn_mean, bn_var)
         log.update(validation_accuracy=round(vacc, 6), validation_log_loss=round(vloss, 6))
     return log
 
 
-def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint):
+def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint, progress):
     """Everything a resumed run needs, as keyword arguments of _checkpoint.write."""
     weights = get_weights(model._core, run.ctxs[0])
-    weights["bn.running_mean"] = stats.mean.astype(np.float32)
-    weights["bn.running_var"] = stats.var.astype(np.float32)
+    weights[_net.BN_MEAN] = stats.mean.astype(np.float32)
+    weights[_net.BN_VAR] = stats.var.astype(np.float32)
     meta, opt = _training.optimizer_arrays(run)
     arrays = {f"optimizer/{k}": v for k, v in opt.items()}
     if avg is not None:
@@ -364,4 +367,5 @@ def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint):
     return dict(task=model._TASK, file_version=model._FILE_VERSION, state=dict(model._state),
                 weights=weights, position={"iteration": iteration, "max_iterations": last},
                 config=checkpoint["config"], data_fingerprint=checkpoint["fingerprint"],
-                rng=rng, extra={"optimizer": meta, "averaged": n_avg}, arrays=arrays)
+                rng=rng, extra={"optimizer": meta, "averaged": n_avg, "progress": progress},
+                arrays=arrays)

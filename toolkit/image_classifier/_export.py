@@ -80,9 +80,11 @@ def export_coreml(model, path):
     Notes
     -----
     ``user_defined_metadata`` holds ``toolkit_version``, ``task``
-    (``image_classifier``), ``file_version``, ``model``
-    (``efficientnet-lite0``), ``target``, ``feature``, ``max_iterations``
-    and ``input_image_shape`` (``3,224,224``).
+    (``image_classifier``), ``file_version``, ``platform``, and the create()
+    settings as Turi Create writes them: ``model`` (``efficientnet-lite0``),
+    ``target``, ``feature``, ``max_iterations``, ``classes`` (comma-joined),
+    plus ``input_image_shape`` (``3,224,224``). The short description reads
+    "Image classifier (efficientnet-lite0) created by toolkit (version X)".
 
     Examples
     --------
@@ -135,9 +137,9 @@ def export_coreml(model, path):
         raise ExportError(f"Cannot build the Core ML network: {e}") from e
 
     spec = builder.spec
-    _coreml.set_metadata(spec, model._TASK, model._FILE_VERSION, {
-        "model": s["model"], "target": target, "feature": feature,
-        "max_iterations": s.get("max_iterations"),
+    # The create() settings (model, target, feature, max_iterations, classes) come from
+    # the model's state; the short description names the backbone.
+    _coreml.set_model_metadata(spec, model, {
         "input_image_shape": list(s["input_image_shape"]),
     }, task_title=TASK_TITLE)
     _coreml.describe_features(spec, {

@@ -10,9 +10,11 @@ place. Paths:
 
 * :func:`train_frozen` (the only one so far): the backbone stays frozen. Its
   features are extracted once (:func:`training_features`: on every device; in a
-  cluster each worker extracts its share and the rows are gathered), then a
-  softmax regression is fitted on them (:func:`fit_classifier`: full-batch
-  Adam on standardised features).
+  cluster each worker extracts its share and the rows are gathered; a column of
+  deep features is used as it is), then a softmax regression is fitted on them
+  (:func:`fit_classifier`: full-batch Adam, on standardised features unless
+  ``feature_rescaling=False``, with optional L1/L2 penalties, class weights and
+  a convergence test).
 
 Checkpoints (:class:`Snapshots`) are model files the training path fills in:
 the model so far plus what resuming needs.
@@ -76,12 +78,23 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
     """
     verbose = settings.verbose
     feats = training_features(backbone, data, settings, ctxs, cluster)
+    class_weights = _data.resolve_class_weights(settings.class_weights, data.classes,
+                                                feats.train_ids)
     run_config = {"target": settings.target, "feature": settings.feature,
                   "classes": data.classes, "model": settings.model,
                   "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
                   "random_seed": settings.random_seed,
                   "validation_set": validation_config(settings.validation_set, feats.valid,
                                                       feats.valid_ids)}
+    # Settings added after checkpoints existed enter the run's configuration only when
+    # they differ from what runs did before them, so older checkpoints still resume.
+    for key, value, before in (("l1_penalty", settings.l1_penalty, 0.0),
+                               ("class_weights", class_weights, None),
+                               ("feature_rescaling", settings.feature_rescaling, True),
+                               ("convergence_threshold", settings.convergence_threshold, None),
+                               ("input_kind", settings.input_kind, _data.IMAGES)):
+        if value != before:
+            run_config[key] = value
     data_fingerprint = None
     if snapshots is not None or resume is not None:
         # Features rounded to 1e-3: the same images give the same fingerprint on any
@@ -95,27 +108,43 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
     say("Training the classifier...", verbose)
     weight, bias, log = fit_classifier(feats.train, feats.train_ids, feats.valid,
                                        feats.valid_ids, len(data.classes), settings.l2_penalty,
-                                       settings.max_iterations, verbose, snapshots, resume)
+                                       settings.max_iterations, verbose, snapshots, resume,
+                                       l1_penalty=settings.l1_penalty,
+                                       class_weights=class_weights,
+                                       feature_rescaling=settings.feature_rescaling,
+                                       convergence_threshold=settings.convergence_threshold)
+    log["class_weights"] = class_weights
     log["num_validation_examples"] = int(0 if feats.valid is None else len(feats.valid))
     log["feature_extraction_time"] = round(feats.seconds, 3)
     return weight, bias, log
 
 
 def training_features(backbone, data, settings, ctxs, cluster):
-    """The :data:`Features` of the training and validation images."""
+    """The :data:`Features` of the training and validation images.
+
+    Deep features (a column of them, see :mod:`._data`) are used as given.
+    """
     verbose, batch_size, feature = settings.verbose, settings.batch_size, settings.feature
-    say(f"Extracting {settings.model} features of {len(data.values)} images "
-        f"(resized to {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE}) on "
-        f"{config.describe(ctxs, cluster)}...", verbose)
     t_start = time.perf_counter()
-    feats = gather_features(backbone, data.values, feature, data.index, batch_size, verbose,
-                            ctxs, cluster)
+    if _data.is_feature_matrix(data.values):
+        say(f"Using the {settings.model} deep features of column '{feature}' "
+            f"({len(data.values)} rows); no images to read.", verbose)
+        feats = data.values
+    else:
+        say(f"Extracting {settings.model} features of {len(data.values)} images "
+            f"(resized to {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE}) on "
+            f"{config.describe(ctxs, cluster)}...", verbose)
+        feats = gather_features(backbone, data.values, feature, data.index, batch_size,
+                                verbose, ctxs, cluster)
     valid_feats = valid_ids = None
     if data.valid is not None and len(data.valid[0]):
         valid_values, valid_ids, valid_index = data.valid
-        say(f"Extracting features of {len(valid_values)} validation images...", verbose)
-        valid_feats = _data.extract(backbone, valid_values, feature, valid_index, batch_size,
-                                    verbose, ctxs=ctxs)
+        if _data.is_feature_matrix(valid_values):
+            valid_feats = valid_values
+        else:
+            say(f"Extracting features of {len(valid_values)} validation images...", verbose)
+            valid_feats = _data.extract(backbone, valid_values, feature, valid_index,
+                                        batch_size, verbose, ctxs=ctxs)
     elif len(data.train_rows) < len(data.values):
         held = data.held_out_rows
         valid_feats, valid_ids = feats[held], data.label_ids[held]
@@ -160,12 +189,21 @@ def validation_config(validation_set, valid_feats, valid_ids):
 
 
 def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbose,
-                   snapshots=None, resume=None):
-    """Softmax regression on standardised features, full-batch Adam in mxnet.
+                   snapshots=None, resume=None, l1_penalty=0.0, class_weights=None,
+                   feature_rescaling=True, convergence_threshold=None):
+    """Softmax regression, full-batch Adam in mxnet.
 
-    Minimises ``mean(log loss) + l2_penalty * ||W||^2``. Starts from zeros,
-    so it is deterministic. Returns ``(weight, bias, log)``: the weights acting
-    on *raw* features (the standardisation folded in) and the final metrics.
+    Minimises ``sum_i(c_i * log loss_i) / n + l2_penalty * ||W||^2 + l1_penalty *
+    ||W||_1`` (``c_i`` the weight of row i's class in ``class_weights``, 1 without;
+    the L1 term by its subgradient, so small weights shrink towards 0 but are not
+    set to exactly 0). The weights act on standardised features (mean 0, standard
+    deviation 1 over the training rows) when ``feature_rescaling``, else on the raw
+    features. Starts from zeros, so it is deterministic. ``convergence_threshold``:
+    stop after the first step that changed the objective by less than this (up
+    or down: Adam's objective is not monotone); ``None`` runs all
+    ``max_iterations`` steps. Returns ``(weight,
+    bias, log)``: the weights acting on *raw* features (the standardisation
+    folded in) and the final metrics (``training_iterations``: the steps taken).
 
     It runs on the first configured device only: it takes about a second,
     and splitting the rows between devices would only change the rounding of
@@ -178,13 +216,26 @@ def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbos
     ``resume``: a :class:`toolkit._checkpoint.Checkpoint` to continue from.
     """
     nd = mx().nd
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = np.sqrt(X.var(axis=0, dtype=np.float64) + _STD_EPSILON)
+    if feature_rescaling:
+        mean = X.mean(axis=0, dtype=np.float64)
+        std = np.sqrt(X.var(axis=0, dtype=np.float64) + _STD_EPSILON)
+    else:
+        mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
     Xvs = nd.array(((Xv - mean) / std).astype(np.float32)) if Xv is not None else None
     dense, run, first = _training_layer(num_classes, X.shape[1], resume, verbose)
     ctx0 = run.ctxs[0]
     Xs = nd.array(((X - mean) / std).astype(np.float32), ctx=ctx0)
     yn = nd.array(y.astype(np.float32), ctx=ctx0)
+    penalties = _Penalties(l2_penalty, l1_penalty,
+                           None if class_weights is None
+                           else nd.array(np.asarray(class_weights, np.float32), ctx=ctx0))
+    # The convergence test carries over a resumed checkpoint: its last objective, and
+    # whether the interrupted run had already stopped.
+    previous = stopped = None
+    if resume is not None and convergence_threshold is not None:
+        previous = resume.extra.get("objective")
+        stopped = resume.extra.get("stopped_at")
+    done = stopped if stopped is not None else first - 1
 
     cols = ["Iteration", "Train Accuracy", "Train Loss"]
     if Xvs is not None:
@@ -192,22 +243,52 @@ def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbos
     table = ProgressTable(cols + ["Elapsed Time"], verbose)
     table.start()
     report_every = max(1, max_iterations // 10)
-    for it in range(first, max_iterations + 1):
-        total_loss, correct = _step(dense, run, Xs, yn, l2_penalty)
+
+    def contents():
+        return (_net.classifier_weights(*_folded(dense, ctx0, mean, std)),
+                _training.optimizer_arrays(run),
+                {_net.CHECKPOINT_WEIGHT: dense.weight.data(ctx0).asnumpy(),
+                 _net.CHECKPOINT_BIAS: dense.bias.data(ctx0).asnumpy()})
+
+    def extra():
+        if convergence_threshold is None:
+            return None
+        return {"objective": previous, "stopped_at": stopped}
+
+    for it in range(first, max_iterations + 1 if stopped is None else first):
+        total_loss, correct, objective = _step(dense, run, Xs, yn, penalties)
+        if convergence_threshold is not None and previous is not None \
+                and abs(previous - objective) < convergence_threshold:
+            # The last step changed the objective by less than the threshold: stop
+            # before this one is applied; the model is the one after step it - 1.
+            # (Adam's objective is not monotone: a rise larger than the threshold
+            # is an oscillation, not convergence, so training goes on.)
+            stopped = done = it - 1
+            for p in dense.collect_params().values():
+                p.zero_grad()
+            table.row(*([it - 1, correct / len(X), max(total_loss / len(X), 0.0)]
+                        + (list(_evaluate(dense, ctx0, Xvs, yv)) if Xvs is not None else [])),
+                      f"{table.elapsed():.1f}")
+            say(f"Converged after {done} iterations: the objective changed by "
+                f"{objective - previous:+.2e} in the last one, less than "
+                f"convergence_threshold={convergence_threshold:g}.", verbose)
+            if snapshots is not None:
+                snapshots.write_if_due(done, done, contents, extra())
+            break
+        run.trainer.step(1)
+        for p in dense.collect_params().values():
+            p.zero_grad()
+        previous, done = objective, it
         if it == 1 or it % report_every == 0 or it == max_iterations:
             row = [it, correct / len(X), max(total_loss / len(X), 0.0)]
             if Xvs is not None:
                 row += list(_evaluate(dense, ctx0, Xvs, yv))
             table.row(*row, f"{table.elapsed():.1f}")
         if snapshots is not None:
-            snapshots.write_if_due(it, max_iterations, lambda: (
-                _net.classifier_weights(*_folded(dense, ctx0, mean, std)),
-                _training.optimizer_arrays(run),
-                {_net.CHECKPOINT_WEIGHT: dense.weight.data(ctx0).asnumpy(),
-                 _net.CHECKPOINT_BIAS: dense.bias.data(ctx0).asnumpy()}))
+            snapshots.write_if_due(it, max_iterations, contents, extra())
     table.finish()
     train_acc, train_loss = _evaluate(dense, ctx0, Xs, y)
-    log = {"training_iterations": max_iterations,
+    log = {"training_iterations": int(done),
            "training_accuracy": round(train_acc, 6), "training_loss": round(train_loss, 6),
            "validation_accuracy": None, "validation_loss": None}
     if Xvs is not None:
@@ -215,6 +296,11 @@ def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbos
         log.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
     w_raw, b_raw = _folded(dense, ctx0, mean, std)
     return w_raw, b_raw, log
+
+
+#: The terms of the objective besides the mean log loss: ``l2``, ``l1`` (floats) and
+#: ``class_weights`` (an NDArray of one weight per class, or None).
+_Penalties = namedtuple("_Penalties", "l2 l1 class_weights")
 
 
 def _training_layer(num_classes, num_features, resume, verbose):
@@ -242,12 +328,17 @@ def _training_layer(num_classes, num_features, resume, verbose):
     return dense, run, first
 
 
-def _step(dense, run, Xs, yn, l2_penalty):
-    """One full-batch Adam step; returns ``(summed log loss, correct count)`` before it."""
+def _step(dense, run, Xs, yn, penalties):
+    """Gradients of the full-batch objective at the current weights (not applied).
+
+    Returns ``(summed log loss, correct count, objective)`` at those weights; the
+    caller applies the step (``run.trainer.step(1)``) or, when training has
+    converged, drops it.
+    """
     autograd, nd = mx().autograd, mx().nd
     n = Xs.shape[0]
     ctx0 = run.ctxs[0]
-    total_loss = correct = 0.0
+    total_loss = correct = objective = 0.0
     for s in range(0, n, _GRAD_CHUNK):
         # mxnet 1.5 refuses an NDArray slice that ends past the array: clamp.
         e = min(s + _GRAD_CHUNK, n)
@@ -255,16 +346,19 @@ def _step(dense, run, Xs, yn, l2_penalty):
         with autograd.record():
             logits = dense(xb)
             nll = -nd.pick(nd.log_softmax(logits, axis=-1), yb, axis=-1)
-            loss = nll.sum() / n
-            if s == 0 and l2_penalty > 0:
-                loss = loss + l2_penalty * (dense.weight.data(ctx0) ** 2).sum()
+            if penalties.class_weights is None:
+                loss = nll.sum() / n
+            else:
+                loss = (nll * nd.take(penalties.class_weights, yb)).sum() / n
+            if s == 0 and penalties.l2 > 0:
+                loss = loss + penalties.l2 * (dense.weight.data(ctx0) ** 2).sum()
+            if s == 0 and penalties.l1 > 0:
+                loss = loss + penalties.l1 * nd.abs(dense.weight.data(ctx0)).sum()
         loss.backward()
+        objective += float(loss.asscalar())
         total_loss += float(nll.sum().asscalar())
         correct += float((logits.argmax(axis=-1) == yb).sum().asscalar())
-    run.trainer.step(1)
-    for p in dense.collect_params().values():
-        p.zero_grad()
-    return total_loss, correct
+    return total_loss, correct, objective
 
 
 def _evaluate(dense, ctx, data, labels):
@@ -311,21 +405,23 @@ class Snapshots:
         self.fixed_weights = fixed_weights
         self.schedule = _checkpoint.Schedule(self.path, self.every, config.is_writer())
 
-    def write_if_due(self, iteration, max_iterations, contents):
+    def write_if_due(self, iteration, max_iterations, contents, extra=None):
         """Write after ``iteration`` when due; ``contents()`` -> ``(weights, optimizer, arrays)``.
 
         ``weights``: the trained weights under model-file names; ``optimizer``:
         :func:`toolkit._training.optimizer_arrays`; ``arrays``: more arrays to
-        resume from. Called only when a checkpoint is written.
+        resume from. Called only when a checkpoint is written. ``extra``: more
+        JSON for the checkpoint's ``extra`` (the convergence test's state).
         """
         if self.schedule.due(iteration, final=(iteration == max_iterations)):
-            self.schedule.write(lambda: self._snapshot(iteration, max_iterations, *contents()))
+            self.schedule.write(lambda: self._snapshot(iteration, max_iterations, *contents(),
+                                                       extra=extra))
 
-    def _snapshot(self, iteration, max_iterations, weights, optimizer, arrays):
+    def _snapshot(self, iteration, max_iterations, weights, optimizer, arrays, extra=None):
         meta, opt = optimizer
         arrays = dict(arrays, **{f"{_OPTIMIZER}/{k}": v for k, v in opt.items()})
         return dict(task=self.task, file_version=self.file_version, state=self.state,
                     weights=dict(self.fixed_weights, **weights),
                     position={"iteration": iteration, "max_iterations": max_iterations},
                     config=self.run_config, data_fingerprint=self.data_fingerprint,
-                    extra={"optimizer": meta}, arrays=arrays)
+                    extra=dict(extra or {}, optimizer=meta), arrays=arrays)

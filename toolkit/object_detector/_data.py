@@ -76,6 +76,14 @@ def choose_classes(rows, classes, annotations):
     if not classes:
         raise DataError(f"Column '{annotations}' holds no objects at all; annotate at least "
                         "one box. " + _annotations.VALID_ANNOTATION)
+    kinds = {type(c).__name__ for c in classes}
+    if len(kinds) > 1:
+        # Exports hold one label type (Core ML: all int64 or all str); 1 and '1'
+        # would also be two different classes that print alike.
+        raise DataError(
+            f"The labels in '{annotations}' mix {' and '.join(sorted(kinds))} values "
+            f"({', '.join(map(repr, classes[:6]))}); use one kind, e.g. turn every label into "
+            "a str.")
     return classes
 
 

@@ -7,14 +7,15 @@ pixel boxes.
 
 import numpy as np
 
+from .. import _boxes
+
 MAX_DETECTIONS = 100
 #: ``predict``'s and the exports' default thresholds (the IoU one is stored in each
 #: model as ``non_maximum_suppression_threshold``).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.45
-#: The IoU thresholds of COCO's AP@[0.5:0.95] and its 101 recall points.
+#: The IoU thresholds of COCO's AP@[0.5:0.95] (the rest of COCO's rules: toolkit._boxes).
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
 def _sigmoid(x):
@@ -127,24 +128,6 @@ def as_rows(detections, class_index):
 
 # --- mean average precision (COCO's algorithm) ---------------------------------------------
 
-def _xywh_corner(boxes):
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 2], b[:, 3]], axis=1)
-
-
-def _iou_corner(d, g):
-    """IoU of corner boxes (x0, y0, w, h), as pycocotools computes it (no +1)."""
-    dx1, dy1 = d[:, 0] + d[:, 2], d[:, 1] + d[:, 3]
-    gx1, gy1 = g[:, 0] + g[:, 2], g[:, 1] + g[:, 3]
-    iw = np.clip(np.minimum(dx1[:, None], gx1[None]) - np.maximum(d[:, 0, None], g[None, :, 0]),
-                 0, None)
-    ih = np.clip(np.minimum(dy1[:, None], gy1[None]) - np.maximum(d[:, 1, None], g[None, :, 1]),
-                 0, None)
-    inter = iw * ih
-    union = (d[:, 2] * d[:, 3])[:, None] + (g[:, 2] * g[:, 3])[None] - inter
-    return inter / np.maximum(union, np.finfo(np.float64).tiny)
-
-
 def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THRESHOLDS):
     """Per class and IoU threshold average precision, with COCO's algorithm.
 
@@ -171,24 +154,10 @@ def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THR
             n_gt[c] += len(g)
             if len(d) == 0:
                 continue
-            d = d[np.argsort(-d[:, 5], kind="mergesort")][:MAX_DETECTIONS]
-            if len(g) == 0:
-                for t in range(num_thresholds):
-                    scores[c][t].append(np.stack([d[:, 5], np.zeros(len(d))], axis=1))
-                continue
-            ious = _iou_corner(_xywh_corner(d[:, 1:5]), _xywh_corner(g[:, 1:5]))
+            d = d[np.argsort(-d[:, 5], kind="mergesort")][:_boxes.MAX_DETECTIONS]
+            ious = _boxes.iou(d[:, 1:5], g[:, 1:5])
             for t, thr in enumerate(iou_thresholds):
-                taken = np.zeros(len(g), bool)
-                tp = np.zeros(len(d))
-                for i in range(len(d)):
-                    best, m = min(thr, 1 - 1e-10), -1
-                    for j in range(len(g)):
-                        if taken[j] or ious[i, j] < best:
-                            continue
-                        best, m = ious[i, j], j
-                    if m >= 0:
-                        taken[m] = True
-                        tp[i] = 1
+                tp = (_boxes.greedy_match(ious, thr) >= 0).astype(np.float64)
                 scores[c][t].append(np.stack([d[:, 5], tp], axis=1))
     ap = np.full((num_thresholds, num_classes), np.nan)
     for c in range(num_classes):
@@ -198,16 +167,7 @@ def average_precision(ground_truth, predictions, classes, iou_thresholds=IOU_THR
             if not scores[c][t]:
                 ap[t, c] = 0.0
                 continue
-            st = np.concatenate(scores[c][t])
-            order = np.argsort(-st[:, 0], kind="mergesort")
-            tp = np.cumsum(st[order, 1])
-            fp = np.cumsum(1 - st[order, 1])
-            rc = tp / n_gt[c]
-            pr = tp / np.maximum(tp + fp, np.spacing(1))
-            pr = np.maximum.accumulate(pr[::-1])[::-1]
-            idx = np.searchsorted(rc, RECALL_POINTS, side="left")
-            q = np.zeros(len(RECALL_POINTS))
-            ok = idx < len(pr)
-            q[ok] = pr[idx[ok]]
-            ap[t, c] = q.mean()
+            _, precision, recall = _boxes.precision_recall(np.concatenate(scores[c][t]),
+                                                           n_gt[c])
+            ap[t, c] = _boxes.average_precision(precision, recall)
     return ap

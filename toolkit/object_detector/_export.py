@@ -184,6 +184,18 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
     ------
     toolkit.errors.ExportError, toolkit.errors.InvalidParameterError
 
+    Notes
+    -----
+    ``user_defined_metadata`` holds ``toolkit_version``, ``task``
+    (``object_detector``), ``file_version``, ``platform``, the create()
+    settings as Turi Create writes them (``model``, ``feature``,
+    ``annotations``, ``classes`` comma-joined, ``max_iterations``,
+    ``training_iterations``, ``non_maximum_suppression_threshold``) and
+    ``include_non_maximum_suppression``, ``iou_threshold``,
+    ``confidence_threshold``. The short description reads "Object detector
+    (efficientnet-lite0-yolo) with non-maximum suppression created by toolkit
+    (version X)".
+
     Examples
     --------
     >>> model.export_coreml('Detector.mlmodel')                  # doctest: +SKIP
@@ -209,15 +221,15 @@ def export_coreml(model, path, include_non_maximum_suppression=True, iou_thresho
             spec = _pipeline(ct, nn_spec, s["classes"], num_classes, num_boxes, iou, conf_t)
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"Cannot build the Core ML model: {e}") from e
-    _coreml.set_metadata(spec, model._TASK, model._FILE_VERSION, {
-        "model": s["model"], "feature": feature, "annotations": s["annotations"],
-        "classes": [str(c) for c in s["classes"]], "max_iterations": s.get("max_iterations"),
-        "training_iterations": s.get("training_iterations"),
+    # The create() settings (model, feature, annotations, classes, max_iterations,
+    # training_iterations, non_maximum_suppression_threshold) come from the model's
+    # state; the short description names the backbone, as Turi Create's does.
+    _coreml.set_model_metadata(spec, model, {
+        "classes": [str(c) for c in s["classes"]],
         "include_non_maximum_suppression": include_non_maximum_suppression,
-        "non_maximum_suppression_threshold": s["non_maximum_suppression_threshold"],
         "iou_threshold": iou, "confidence_threshold": conf_t,
-    }, task_title=_net.TASK_TITLE + (" with non-maximum suppression"
-                                if include_non_maximum_suppression else ""))
+    }, task_title=_net.TASK_TITLE, title_suffix=(" with non-maximum suppression"
+                                                 if include_non_maximum_suppression else ""))
     desc = {feature: (f"Input image: RGB, {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE} (scale the photo "
                       "to fill; pixel values 0-255 are scaled by the model)"),
             "confidence": 'Boxes × Class confidence (see user-defined metadata "classes")',

@@ -25,7 +25,14 @@ File versions of the ``object_detector`` task:
    ``max_iterations``, ``training_iterations``, ``training_epochs``,
    ``training_loss``, ``training_time``, ``feature_extraction_time``,
    ``random_seed`` (``None`` in files written before checkpoints existed;
-   since then always the seed used, drawn when none was given).
+   since then always the seed used, drawn when none was given), ``verbose``
+   (create()'s argument; added later without a version bump since nothing
+   reads it to predict: files without it read as True, create()'s default).
+
+   Fields computed from the state, not stored: ``grid_height``/``grid_width``
+   (``grid_shape``), ``annotation_origin`` (``'top_left'``),
+   ``annotation_position`` (``'center'``), ``annotation_scale``
+   (``'pixel'``) and ``_training_time_as_string``.
 """
 
 import time
@@ -34,7 +41,7 @@ import numpy as np
 
 from .. import _checkpoint, _images, config
 from .. import _validate as V
-from .._model import Model
+from .._model import Model, task_method
 from .._mx import get_weights, mx
 from .._progress import say
 from ..errors import ColumnNotFoundError, InvalidParameterError
@@ -46,6 +53,24 @@ DEFAULT_MODEL = "efficientnet-lite0-yolo"
 DEFAULT_BATCH_SIZE = 32
 METRICS = ("average_precision_50", "average_precision", "mean_average_precision_50",
            "mean_average_precision")
+#: ``evaluate(output_type=...)``; ``'sframe'`` is Turi Create's name of ``'dataframe'``.
+OUTPUT_TYPES = ("dict", "dataframe", "sframe")
+#: How annotations give boxes (Turi Create 6's fields): pixels of the original image,
+#: x/y the box centre, origin at the top left corner. The only convention here.
+ANNOTATION_CONVENTION = {"annotation_origin": "top_left", "annotation_position": "center",
+                         "annotation_scale": "pixel"}
+
+
+def seconds_as_string(seconds):
+    """``3725.2`` -> ``'1h 2m 5s'``: whole seconds (at least 1) in days, hours, minutes,
+    seconds, zero units left out (Turi Create's ``_training_time_as_string``)."""
+    left = max(int(round(seconds)), 1)
+    parts = []
+    for suffix, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{suffix}")
+    return " ".join(parts)
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -54,11 +79,17 @@ class ObjectDetector(Model):
     """A trained object detector. Create one with :func:`create`.
 
     Fields (also ``model['name']``): ``feature``, ``annotations``, ``classes``,
-    ``num_classes``, ``model``, ``anchors``, ``grid_shape``,
-    ``input_image_shape``, ``non_maximum_suppression_threshold``,
-    ``num_examples``, ``num_bounding_boxes``, ``batch_size``,
-    ``max_iterations``, ``training_iterations``, ``training_epochs``,
-    ``training_loss``, ``training_time``, ``feature_extraction_time``.
+    ``num_classes``, ``model``, ``anchors``, ``grid_shape``, ``grid_height``,
+    ``grid_width``, ``input_image_shape``,
+    ``non_maximum_suppression_threshold``, ``num_examples``,
+    ``num_bounding_boxes``, ``batch_size``, ``max_iterations``,
+    ``training_iterations``, ``training_epochs``, ``training_loss``,
+    ``training_time``, ``_training_time_as_string`` (``'1h 2m 5s'``),
+    ``feature_extraction_time``, ``random_seed``, ``verbose``,
+    ``num_validation_examples`` (always 0: no validation set), and
+    ``annotation_origin`` (``'top_left'``), ``annotation_position``
+    (``'center'``), ``annotation_scale`` (``'pixel'``): the annotation
+    convention, Turi Create 6's fields.
 
     Examples
     --------
@@ -86,6 +117,20 @@ class ObjectDetector(Model):
         _check_state(state)
         net = _net.build(len(state["anchors"]), len(state["classes"]), weights=weights)
         return cls(state, net)
+
+    def _fields(self):
+        fields = super()._fields()
+        grid = self._state["grid_shape"]
+        fields.update(grid_height=int(grid[0]), grid_width=int(grid[1]),
+                      **ANNOTATION_CONVENTION)
+        # Files written before create() stored it were made with its default.
+        fields.setdefault("verbose", True)
+        # Every task counts its validation rows apart; the detector has none.
+        fields.setdefault("num_validation_examples", 0)
+        seconds = self._state.get("training_time")
+        fields["_training_time_as_string"] = None if seconds is None \
+            else seconds_as_string(seconds)
+        return fields
 
     def _summary_sections(self):
         s = self._state
@@ -144,7 +189,8 @@ class ObjectDetector(Model):
         pandas.Series of lists (one image in, one list out) of
         ``{'label', 'type': 'rectangle', 'coordinates': {'x', 'y', 'width',
         'height'}, 'confidence'}``, in pixels of the original image, x/y the
-        box centre. At most 100 boxes per image.
+        box centre. At most 100 boxes per image. An empty DataFrame (with the
+        image column) or Series gives an empty Series, as in Turi Create.
 
         Examples
         --------
@@ -155,6 +201,9 @@ class ObjectDetector(Model):
         import pandas as pd
         confidence_threshold = V.check_fraction(confidence_threshold, "confidence_threshold")
         iou_threshold = self._iou(iou_threshold)
+        empty = self._empty_input(dataset)
+        if empty is not None:
+            return pd.Series([], index=empty, dtype=object)
         values, column, index, single = _images.image_input(dataset, self._state["feature"])
         out = []
         for _, raw, sizes in self._raw(values, column, index, verbose):
@@ -166,6 +215,20 @@ class ObjectDetector(Model):
         for i, v in enumerate(out):
             result.iloc[i] = v
         return result
+
+    def _empty_input(self, dataset, columns=()):
+        """The index of an empty DataFrame or Series (its columns checked), else None."""
+        import pandas as pd
+        if isinstance(dataset, pd.DataFrame) and len(dataset) == 0:
+            for column, what in ((self._state["feature"], "image"),) + tuple(columns):
+                if column not in dataset.columns:
+                    raise ColumnNotFoundError(
+                        f"The {what} column '{column}' the model was trained on is not in "
+                        f"'dataset' (columns: {', '.join(map(str, dataset.columns))}).")
+            return dataset.index
+        if isinstance(dataset, pd.Series) and len(dataset) == 0:
+            return dataset.index
+        return None
 
     def _iou(self, iou_threshold):
         if iou_threshold is None:
@@ -179,8 +242,8 @@ class ObjectDetector(Model):
         return (self._iou(iou_threshold),
                 V.check_fraction(confidence_threshold, "confidence_threshold"))
 
-    def evaluate(self, dataset, metric="auto", confidence_threshold=0.001, iou_threshold=None,
-                 verbose=False):
+    def evaluate(self, dataset, metric="auto", output_type="dict", iou_threshold=None,
+                 confidence_threshold=0.001, verbose=False):
         """Average precision of the detections against the annotations.
 
         AP is computed with COCO's algorithm (``pycocotools``' ``COCOeval``
@@ -197,39 +260,68 @@ class ObjectDetector(Model):
             ``average_precision`` and ``mean_average_precision``
             (AP averaged over IoU 0.5:0.05:0.95, COCO's main metric); or any
             of those names, or a list of them.
-        confidence_threshold, iou_threshold : float
-            Passed to :meth:`predict` (defaults 0.001 and the model's 0.45).
+        output_type : {'dict', 'dataframe', 'sframe'}
+            ``'dict'``: see Returns. ``'dataframe'`` (``'sframe'``, Turi
+            Create's name, gives the same): one row per class with ground truth
+            boxes, columns ``label`` and the per-class metrics asked for
+            (``average_precision_50``, ``average_precision``); the means are
+            left out, as in Turi Create.
+        iou_threshold : float, optional
+            Non-maximum suppression of the predictions (default: the model's
+            0.45), as in :meth:`predict`.
+        confidence_threshold : float, default 0.001
+            Predictions kept for scoring, as in :meth:`predict`.
+        verbose : bool, default False
 
         Returns
         -------
-        EvaluationResult
-            A dict ``{'average_precision_50': {class: AP},
+        EvaluationResult or pandas.DataFrame
+            ``output_type='dict'``: a dict ``{'average_precision_50': {class: AP},
             'mean_average_precision_50': float, ...}``. A class without ground
-            truth boxes is left out of the per-class dicts and of the means. Its
+            truth boxes is left out of the per-class dicts and of the means; when
+            no class has any (an empty DataFrame, or images without objects) the
+            dicts are empty and the means 0.0, as in Turi Create, never NaN. Its
             ``explore(path=None)`` writes an interactive HTML report (per-class
             AP and precision-recall curves, images with predicted and true boxes,
             false positives and misses marked, filterable by class) and opens it
-            in the browser when one can be shown.
+            in the browser when one can be shown. ``'dataframe'``: one row per
+            class (``label`` and the per-class metrics), as Turi Create's SFrame.
 
         Examples
         --------
         >>> scores = model.evaluate(test)                            # doctest: +SKIP
         >>> print('mAP@0.5: {:.1%}'.format(scores['mean_average_precision_50']))
         ...                                                          # doctest: +SKIP
+        >>> model.evaluate(test, metric='all', output_type='dataframe')  # doctest: +SKIP
         """
+        import pandas as pd
         metrics = _check_metrics(metric)
-        gt, preds = self._gt_and_predictions(dataset, confidence_threshold, iou_threshold,
-                                             verbose)
+        V.check_choice(output_type, "output_type", OUTPUT_TYPES)
         classes = self._state["classes"]
-        ap = _detection.average_precision(gt, preds, classes)
+        V.check_fraction(confidence_threshold, "confidence_threshold")
+        self._iou(iou_threshold)
+        if self._empty_input(dataset, ((self._state["annotations"], "annotations"),)) \
+                is not None and isinstance(dataset, pd.DataFrame):
+            ap = np.full((len(_detection.IOU_THRESHOLDS), len(classes)), np.nan)
+        else:
+            gt, preds = self._gt_and_predictions(dataset, confidence_threshold, iou_threshold,
+                                                 verbose)
+            ap = _detection.average_precision(gt, preds, classes)
         present = [c for c in range(len(classes)) if not np.isnan(ap[0, c])]
         res = {}
         for m in metrics:
             table = ap[0] if m.endswith("_50") else ap.mean(axis=0)
             if m.startswith("mean_"):
-                res[m] = float(np.mean(table[present])) if present else float("nan")
+                res[m] = float(np.mean(table[present])) if present else 0.0
             else:
                 res[m] = {classes[c]: float(table[c]) for c in present}
+        if output_type != "dict":
+            frame = pd.DataFrame({"label": pd.Series([classes[c] for c in present],
+                                                     dtype=object)})
+            for m in metrics:
+                if not m.startswith("mean_"):
+                    frame[m] = np.array([res[m][classes[c]] for c in present], np.float64)
+            return frame
         from .._explore import EvaluationResult, detection_boxes_from_arrays, detection_report
         # The boxes just scored (true boxes clipped to their image, every detection down
         # to confidence_threshold), so the report's AP@0.5 is average_precision_50.
@@ -263,18 +355,8 @@ class ObjectDetector(Model):
         _annotations.warn_counters(counters, ann_col)
         return gt, preds
 
-    def export_coreml(self, path, include_non_maximum_suppression=True, iou_threshold=None,
-                      confidence_threshold=None):
-        return _export.export_coreml(self, path, include_non_maximum_suppression,
-                                     iou_threshold, confidence_threshold)
-
-    export_coreml.__doc__ = _export.export_coreml.__doc__
-
-    def export_onnx(self, path, iou_threshold=None, confidence_threshold=None):
-        return _onnx_export.export_onnx(self, path, iou_threshold, confidence_threshold)
-
-    # help(model.export_onnx) shows the input contract, the NMS and the outputs.
-    export_onnx.__doc__ = _onnx_export.export_onnx.__doc__
+    export_coreml = task_method(_export.export_coreml)
+    export_onnx = task_method(_onnx_export.export_onnx)
 
 
 # --- validation helpers --------------------------------------------------------------------
@@ -313,9 +395,12 @@ def _check_state(state):
 # --- create -------------------------------------------------------------------------------
 
 def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes=None,
-           batch_size=0, max_iterations=0, verbose=True, random_seed=None,
+           batch_size=0, max_iterations=0, verbose=True, grid_shape=None, random_seed=None,
            checkpoint_path=None, checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None):
     """Train an object detector on images annotated with labelled boxes.
+
+    The arguments are Turi Create 6's, in its order, plus the checkpoint
+    arguments; docs/coming_from_turicreate.md lists each with its status.
 
     Parameters
     ----------
@@ -332,7 +417,8 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         The image column; ``None``: the only image column.
     model : {'efficientnet-lite0-yolo'}
         Frozen EfficientNet-Lite0 (ImageNet) + a YOLO-style head with 9
-        anchors on its 7x7 stride-32 feature map (224x224 input).
+        anchors on its 7x7 stride-32 feature map (224x224 input). Turi
+        Create's ``'darknet-yolo'`` is refused with a message naming this one.
     classes : list, optional
         Classes to learn; objects with other labels are ignored (with a
         warning). ``None``: the sorted labels seen.
@@ -348,6 +434,12 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
         -> ``clip(30 epochs, 500, 3000)`` steps, or the checkpoint's when resuming.
     verbose : bool
         Print progress (a table of iteration, smoothed loss, elapsed seconds).
+        Stored in the model (``model.verbose``).
+    grid_shape : [int, int], optional
+        ``[height, width]`` of the output grid. The grid here is fixed by the
+        network: 7x7 (224x224 input, stride 32). ``None`` or ``[7, 7]`` is
+        accepted; another shape (Turi Create's default was ``[13, 13]`` at
+        416x416) is refused with an error that says so.
     random_seed : int, optional
         Seed for the head's initialisation, shuffling and dropout. ``None``
         picks one, stored in the model (when resuming: the checkpoint's).
@@ -399,6 +491,7 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
     t_start = time.perf_counter()
     batch_size, max_iterations, verbose = _check_arguments(dataset, model, batch_size,
                                                            max_iterations, verbose)
+    _check_grid_shape(grid_shape)
     checkpoint_path, resume, seed = _start(checkpoint_path, checkpoint_every, resume_from,
                                            random_seed)
     feature, annotations = _data.find_columns(dataset, feature, annotations, verbose)
@@ -434,6 +527,7 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
                                        verbose)
         state = _new_state(run_config, anchors, max_iterations, len(values), boxes,
                            time.perf_counter() - t0)
+        state["verbose"] = verbose
         fingerprint = _train.data_fingerprint(pixel_digest, boxes, classes)
         if resume is not None:
             # The checkpoint (rank 0's) fingerprints rank 0's share of the images only.
@@ -453,11 +547,32 @@ def create(dataset, annotations=None, feature=None, model=DEFAULT_MODEL, classes
 def _check_arguments(dataset, model, batch_size, max_iterations, verbose):
     """create's plain arguments, checked; returns (batch_size, max_iterations, verbose)."""
     V.check_dataframe(dataset, "dataset")
+    if model == "darknet-yolo":
+        raise InvalidParameterError(
+            "'model' is 'darknet-yolo', Turi Create's detector network, which this toolkit does "
+            f"not have; its detector is {DEFAULT_MODEL!r} (the default): leave 'model' out.")
     if model not in MODELS:
         raise InvalidParameterError(f"'model' must be one of {', '.join(MODELS)}, got {model!r}.")
     return (V.check_int(batch_size, "batch_size", 0),
             V.check_max_iterations(max_iterations) or 0,
             V.check_bool(verbose, "verbose"))
+
+
+def _check_grid_shape(grid_shape):
+    """``grid_shape`` must be None or the network's grid, [7, 7]."""
+    if grid_shape is None:
+        return
+    ok = isinstance(grid_shape, (list, tuple)) and len(grid_shape) == 2 and all(
+        isinstance(g, (int, np.integer)) and not isinstance(g, bool) for g in grid_shape)
+    if not ok:
+        raise InvalidParameterError(
+            f"'grid_shape' must be [height, width] (two ints), got {grid_shape!r}.")
+    if list(map(int, grid_shape)) != [_net.GRID, _net.GRID]:
+        raise InvalidParameterError(
+            f"'grid_shape' is {list(map(int, grid_shape))}, but this detector's grid is fixed at "
+            f"[{_net.GRID}, {_net.GRID}]: its network reads {_net.IMAGE_SIZE}x{_net.IMAGE_SIZE} "
+            f"images at stride {_net.STRIDE} (Turi Create's [13, 13] came from 416x416 input). "
+            "Leave grid_shape out.")
 
 
 def _start(checkpoint_path, checkpoint_every, resume_from, random_seed):

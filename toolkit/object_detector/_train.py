@@ -67,7 +67,10 @@ class FeatureCache:
     """Both feature maps of ``num_images`` images, float16, in a memory-mapped temporary file.
 
     ``coarse`` (n, 1280, G, G) and ``fine`` (n, 112, 2G, 2G) are views of one
-    file, deleted when the ``with`` block ends.
+    file. Where the system allows it (POSIX) the file is unlinked as soon as it
+    is mapped: it has no name left, and the kernel frees its blocks when the
+    mapping goes, even if the process is killed (SIGKILL, out of memory) in
+    the middle of a run. Elsewhere it is deleted when the ``with`` block ends.
     """
 
     def __init__(self, num_images):
@@ -84,6 +87,11 @@ class FeatureCache:
         except BaseException:
             os.unlink(self.path)
             raise
+        try:
+            os.unlink(self.path)
+            self.path = None
+        except OSError:            # Windows: an open file cannot be unlinked
+            pass
         self.coarse = flat[:, :coarse_size].reshape(num_images, _net.FEATURE_CHANNELS, grid,
                                                     grid)
         self.fine = flat[:, coarse_size:].reshape(num_images, _net.FINE_CHANNELS, 2 * grid,
@@ -94,7 +102,8 @@ class FeatureCache:
 
     def __exit__(self, *exc):
         self.coarse = self.fine = None
-        os.unlink(self.path)
+        if self.path is not None:
+            os.unlink(self.path)
 
 
 def extract_features(backbone, cache, share, class_index, hash_pixels, verbose):

@@ -177,15 +177,10 @@ def convert_state_dict(torch_weights, what="the weights file"):
              for o, t in sorted(names.items())
              if t in torch_weights and tuple(torch_weights[t].shape) != shapes[o]]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing: {', '.join(missing[:10])}")
-        if unexpected:
-            parts.append(f"unexpected: {', '.join(unexpected[:10])}")
-        if wrong:
-            parts.append(f"wrong shapes: {'; '.join(wrong[:10])}")
+        from .._validate import name_differences
         raise PretrainedModelError(
-            f"{what} is not an EfficientNet-Lite0 state_dict ({' | '.join(parts)}).")
+            f"{what} is not an EfficientNet-Lite0 state_dict "
+            f"({name_differences(missing, unexpected, wrong, 'tensors', limit=10)}).")
     return {ours: np.ascontiguousarray(torch_weights[theirs], dtype=np.float32)
             for ours, theirs in names.items()}
 
