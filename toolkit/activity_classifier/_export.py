@@ -48,6 +48,60 @@ def _lstm_gates(packed):
     return [i, f, o, c]
 
 
+def standardisation(model):
+    """The model's ``(feature_mean, feature_std)`` as float64 arrays, checked: the
+    exports build the standardisation into the network."""
+    s = model._state
+    mean = np.asarray(s["feature_mean"], np.float64)
+    std = np.asarray(s["feature_std"], np.float64)
+    n_features = len(s["features"])
+    if mean.shape != (n_features,) or std.shape != (n_features,) or not np.all(std > 0):
+        raise ExportError("The model's feature_mean/feature_std do not match its features; "
+                          "the model is damaged.")
+    return mean, std
+
+
+def _write_layers(builder, w, mean, std, pw, n_classes):
+    """Standardisation, convolution, LSTM and the dense layers, from the input window
+    ``features`` to the logits ``dense1``."""
+    n_features, hidden = len(mean), _net.LSTM_HIDDEN
+    # (1, pw, F) as (C, H, W) -> (F, 1, pw): features become channels.
+    builder.add_permute("permute", (0, 3, 1, 2), FEATURES_INPUT, "permuted")
+    # predict() computes (x - mean) / std in float32 on raw values.
+    builder.add_scale("standardize", W=(1.0 / std).astype(np.float32),
+                      b=(-mean / std).astype(np.float32), has_bias=True,
+                      input_name="permuted", output_name="standardized",
+                      shape_scale=[n_features], shape_bias=[n_features])
+    conv_w = w[_net.CONV_WEIGHT].reshape(_net.CONV_FILTERS, n_features, 1, pw)
+    builder.add_convolution(
+        "conv", kernel_channels=n_features, output_channels=_net.CONV_FILTERS,
+        height=1, width=pw, stride_height=1, stride_width=pw, border_mode="valid",
+        groups=1, W=np.ascontiguousarray(conv_w.transpose(2, 3, 1, 0)),
+        b=w[_net.CONV_BIAS], has_bias=True, input_name="standardized", output_name="conv")
+    builder.add_activation("relu0", "RELU", "conv", "relu0")
+    # One Core ML bias per gate: mxnet adds its i2h and h2h biases.
+    builder.add_unilstm(
+        "lstm", W_h=_lstm_gates(w[_net.LSTM_H2H_WEIGHT]),
+        W_x=_lstm_gates(w[_net.LSTM_I2H_WEIGHT]),
+        b=_lstm_gates(w[_net.LSTM_I2H_BIAS] + w[_net.LSTM_H2H_BIAS]),
+        hidden_size=hidden, input_size=_net.CONV_FILTERS,
+        input_names=["relu0", STATE_INPUTS[0], STATE_INPUTS[1]],
+        output_names=["lstm", STATE_OUTPUTS[0], STATE_OUTPUTS[1]],
+        inner_activation="SIGMOID", cell_state_update_activation="TANH",
+        output_activation="TANH", output_all=False)
+    builder.add_inner_product("dense0", W=w[_net.DENSE0_WEIGHT], b=w[_net.DENSE0_BIAS],
+                              input_channels=hidden, output_channels=_net.DENSE_HIDDEN,
+                              has_bias=True, input_name="lstm", output_name="dense0")
+    builder.add_batchnorm("bn", channels=_net.DENSE_HIDDEN, gamma=w[_net.BN_GAMMA],
+                          beta=w[_net.BN_BETA], mean=w[_net.BN_MEAN],
+                          variance=w[_net.BN_VAR], input_name="dense0",
+                          output_name="bn", epsilon=_net.BN_EPSILON)
+    builder.add_activation("relu1", "RELU", "bn", "relu1")
+    builder.add_inner_product("dense1", W=w[_net.DENSE1_WEIGHT], b=w[_net.DENSE1_BIAS],
+                              input_channels=_net.DENSE_HIDDEN, output_channels=n_classes,
+                              has_bias=True, input_name="relu1", output_name="dense1")
+
+
 def export_coreml(model, path):
     """Export an activity classifier as a Core ML model (``.mlmodel``).
 
@@ -159,13 +213,7 @@ def export_coreml(model, path):
             f"{', '.join(repr(c) for c in clash)}, which the export uses for "
             f"{'/'.join(sorted(reserved))}. Retrain with a differently named target column.")
 
-    mean = np.asarray(s["feature_mean"], np.float64)
-    std = np.asarray(s["feature_std"], np.float64)
-    if mean.shape != (n_features,) or std.shape != (n_features,) or not np.all(std > 0):
-        raise ExportError("The model's feature_mean/feature_std do not match its features; "
-                          "the model is damaged.")
-    w = get_weights(model._core)
-
+    mean, std = standardisation(model)
     inputs = [(FEATURES_INPUT, datatypes.Array(1, pw, n_features)),
               (STATE_INPUTS[0], datatypes.Array(hidden)),
               (STATE_INPUTS[1], datatypes.Array(hidden))]
@@ -174,41 +222,7 @@ def export_coreml(model, path):
                (STATE_OUTPUTS[1], datatypes.Array(hidden))]
     try:
         builder = NeuralNetworkBuilder(inputs, outputs, mode="classifier")
-        # (1, pw, F) as (C, H, W) -> (F, 1, pw): features become channels.
-        builder.add_permute("permute", (0, 3, 1, 2), FEATURES_INPUT, "permuted")
-        # predict() computes (x - mean) / std in float32 on raw values.
-        builder.add_scale("standardize", W=(1.0 / std).astype(np.float32),
-                          b=(-mean / std).astype(np.float32), has_bias=True,
-                          input_name="permuted", output_name="standardized",
-                          shape_scale=[n_features], shape_bias=[n_features])
-        conv_w = w[_net.CONV_WEIGHT].reshape(_net.CONV_FILTERS, n_features, 1, pw)
-        builder.add_convolution(
-            "conv", kernel_channels=n_features, output_channels=_net.CONV_FILTERS,
-            height=1, width=pw, stride_height=1, stride_width=pw, border_mode="valid",
-            groups=1, W=np.ascontiguousarray(conv_w.transpose(2, 3, 1, 0)),
-            b=w[_net.CONV_BIAS], has_bias=True, input_name="standardized", output_name="conv")
-        builder.add_activation("relu0", "RELU", "conv", "relu0")
-        # One Core ML bias per gate: mxnet adds its i2h and h2h biases.
-        builder.add_unilstm(
-            "lstm", W_h=_lstm_gates(w[_net.LSTM_H2H_WEIGHT]),
-            W_x=_lstm_gates(w[_net.LSTM_I2H_WEIGHT]),
-            b=_lstm_gates(w[_net.LSTM_I2H_BIAS] + w[_net.LSTM_H2H_BIAS]),
-            hidden_size=hidden, input_size=_net.CONV_FILTERS,
-            input_names=["relu0", STATE_INPUTS[0], STATE_INPUTS[1]],
-            output_names=["lstm", STATE_OUTPUTS[0], STATE_OUTPUTS[1]],
-            inner_activation="SIGMOID", cell_state_update_activation="TANH",
-            output_activation="TANH", output_all=False)
-        builder.add_inner_product("dense0", W=w[_net.DENSE0_WEIGHT], b=w[_net.DENSE0_BIAS],
-                                  input_channels=hidden, output_channels=_net.DENSE_HIDDEN,
-                                  has_bias=True, input_name="lstm", output_name="dense0")
-        builder.add_batchnorm("bn", channels=_net.DENSE_HIDDEN, gamma=w[_net.BN_GAMMA],
-                              beta=w[_net.BN_BETA], mean=w[_net.BN_MEAN],
-                              variance=w[_net.BN_VAR], input_name="dense0",
-                              output_name="bn", epsilon=_net.BN_EPSILON)
-        builder.add_activation("relu1", "RELU", "bn", "relu1")
-        builder.add_inner_product("dense1", W=w[_net.DENSE1_WEIGHT], b=w[_net.DENSE1_BIAS],
-                                  input_channels=_net.DENSE_HIDDEN, output_channels=n_classes,
-                                  has_bias=True, input_name="relu1", output_name="dense1")
+        _write_layers(builder, get_weights(model._core), mean, std, pw, n_classes)
         # dense1 is (C, 1, 1): softmax over C exactly.
         builder.add_softmax("softmax", "dense1", prob_name)
         builder.set_class_labels(labels, predicted_feature_name=target,

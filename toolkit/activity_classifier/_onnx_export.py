@@ -38,7 +38,7 @@ from .._mx import get_weights
 from ..errors import ExportError
 from . import _net
 from ._data import WINDOWS_PER_CHUNK
-from ._export import FEATURES_INPUT, STATE_INPUTS, STATE_OUTPUTS, TASK_TITLE
+from ._export import FEATURES_INPUT, STATE_INPUTS, STATE_OUTPUTS, TASK_TITLE, standardisation
 
 BATCH = "batch"
 
@@ -56,6 +56,52 @@ def _labels(classes):
            for c in classes):
         return [int(c) for c in classes], np.int64
     return [str(c) for c in classes], str
+
+
+def _write_layers(g, w, x, h0, c0, mean, std, pw):
+    """Standardisation, convolution, LSTM (its final states as the state outputs) and
+    the dense layers: from the input window to the logits."""
+    n_features, hidden = len(mean), _net.LSTM_HIDDEN
+    # Internal tensors live under "/..." names, which no column name is
+    # likely to take; the builder refuses any collision anyway.
+    # predict() computes (x - mean) / std in float32 on raw float32 values.
+    y = g.node("Sub", [x, g.initializer("/standardize/mean", mean)], ["/standardize/centered"])
+    y = g.node("Div", [y, g.initializer("/standardize/std", std)], ["/standardize/out"])
+    y = g.node("Transpose", [y], ["/transpose/out"], perm=[0, 2, 1])
+    conv_w = np.asarray(w[_net.CONV_WEIGHT], np.float32).reshape(_net.CONV_FILTERS,
+                                                                 n_features, pw)
+    y = g.node("Conv", [y, g.initializer("/conv/W", conv_w),
+                        g.initializer("/conv/B", w[_net.CONV_BIAS])], ["/conv/out"],
+               kernel_shape=[pw], strides=[pw], pads=[0, 0], dilations=[1], group=1)
+    y = g.node("Relu", [y], ["/relu0/out"])
+    y = g.node("Transpose", [y], ["/to_sequence/out"], perm=[2, 0, 1])      # (1, B, 64)
+    axes0 = g.initializer("/axes0", np.array([0]), np.int64)
+    h = g.node("Unsqueeze", [h0, axes0], ["/lstm/h0"])
+    c = g.node("Unsqueeze", [c0, axes0], ["/lstm/c0"])
+    # ONNX B = [Wb, Rb]: mxnet's i2h and h2h biases, each in ONNX gate order.
+    bias = np.concatenate([_onnx_gates(w[_net.LSTM_I2H_BIAS]),
+                           _onnx_gates(w[_net.LSTM_H2H_BIAS])])
+    _, yh, yc = g.node(
+        "LSTM", [y, g.initializer("/lstm/W", _onnx_gates(w[_net.LSTM_I2H_WEIGHT])[None]),
+                 g.initializer("/lstm/R", _onnx_gates(w[_net.LSTM_H2H_WEIGHT])[None]),
+                 g.initializer("/lstm/B", bias[None]), "", h, c],
+        ["", "/lstm/Y_h", "/lstm/Y_c"], name="/lstm", hidden_size=hidden, direction="forward")
+    y = g.node("Squeeze", [yh, axes0], [STATE_OUTPUTS[0]])
+    g.node("Squeeze", [yc, axes0], [STATE_OUTPUTS[1]])
+    y = g.node("Gemm", [y, g.initializer("/dense0/W", w[_net.DENSE0_WEIGHT]),
+                        g.initializer("/dense0/B", w[_net.DENSE0_BIAS])], ["/dense0/out"],
+               transB=1)
+    y = g.node("BatchNormalization",
+               [y, g.initializer("/bn/scale", w[_net.BN_GAMMA]),
+                g.initializer("/bn/B", w[_net.BN_BETA]),
+                g.initializer("/bn/mean", w[_net.BN_MEAN]),
+                g.initializer("/bn/var", w[_net.BN_VAR])], ["/bn/out"],
+               epsilon=float(_net.BN_EPSILON))
+    y = g.node("Relu", [y], ["/relu1/out"])
+    y = g.node("Gemm", [y, g.initializer("/dense1/W", w[_net.DENSE1_WEIGHT]),
+                        g.initializer("/dense1/B", w[_net.DENSE1_BIAS])], ["/dense1/out"],
+               transB=1)
+    return y
 
 
 def export_onnx(model, path):
@@ -176,12 +222,7 @@ def export_onnx(model, path):
             f"{', '.join(repr(c) for c in clash)}, which the export uses for "
             f"{'/'.join(sorted(reserved))}. Retrain with a differently named target column.")
 
-    mean = np.asarray(s["feature_mean"], np.float64)
-    std = np.asarray(s["feature_std"], np.float64)
-    if mean.shape != (n_features,) or std.shape != (n_features,) or not np.all(std > 0):
-        raise ExportError("The model's feature_mean/feature_std do not match its features; "
-                          "the model is damaged.")
-    w = get_weights(model._core)
+    mean, std = standardisation(model)
     labels, label_dtype = _labels(classes)
 
     g = _onnx.GraphBuilder("activity_classifier")
@@ -195,44 +236,7 @@ def export_onnx(model, path):
     c0 = g.input(STATE_INPUTS[1], np.float32, [BATCH, hidden],
                  "LSTM cell state input: " + reset + STATE_OUTPUTS[1])
 
-    # Internal tensors live under "/..." names, which no column name is
-    # likely to take; the builder refuses any collision anyway.
-    # predict() computes (x - mean) / std in float32 on raw float32 values.
-    y = g.node("Sub", [x, g.initializer("/standardize/mean", mean)], ["/standardize/centered"])
-    y = g.node("Div", [y, g.initializer("/standardize/std", std)], ["/standardize/out"])
-    y = g.node("Transpose", [y], ["/transpose/out"], perm=[0, 2, 1])
-    conv_w = np.asarray(w[_net.CONV_WEIGHT], np.float32).reshape(_net.CONV_FILTERS, n_features, pw)
-    y = g.node("Conv", [y, g.initializer("/conv/W", conv_w),
-                        g.initializer("/conv/B", w[_net.CONV_BIAS])], ["/conv/out"],
-               kernel_shape=[pw], strides=[pw], pads=[0, 0], dilations=[1], group=1)
-    y = g.node("Relu", [y], ["/relu0/out"])
-    y = g.node("Transpose", [y], ["/to_sequence/out"], perm=[2, 0, 1])      # (1, B, 64)
-    axes0 = g.initializer("/axes0", np.array([0]), np.int64)
-    h = g.node("Unsqueeze", [h0, axes0], ["/lstm/h0"])
-    c = g.node("Unsqueeze", [c0, axes0], ["/lstm/c0"])
-    # ONNX B = [Wb, Rb]: mxnet's i2h and h2h biases, each in ONNX gate order.
-    bias = np.concatenate([_onnx_gates(w[_net.LSTM_I2H_BIAS]),
-                           _onnx_gates(w[_net.LSTM_H2H_BIAS])])
-    _, yh, yc = g.node(
-        "LSTM", [y, g.initializer("/lstm/W", _onnx_gates(w[_net.LSTM_I2H_WEIGHT])[None]),
-                 g.initializer("/lstm/R", _onnx_gates(w[_net.LSTM_H2H_WEIGHT])[None]),
-                 g.initializer("/lstm/B", bias[None]), "", h, c],
-        ["", "/lstm/Y_h", "/lstm/Y_c"], name="/lstm", hidden_size=hidden, direction="forward")
-    y = g.node("Squeeze", [yh, axes0], [STATE_OUTPUTS[0]])
-    g.node("Squeeze", [yc, axes0], [STATE_OUTPUTS[1]])
-    y = g.node("Gemm", [y, g.initializer("/dense0/W", w[_net.DENSE0_WEIGHT]),
-                        g.initializer("/dense0/B", w[_net.DENSE0_BIAS])], ["/dense0/out"],
-               transB=1)
-    y = g.node("BatchNormalization",
-               [y, g.initializer("/bn/scale", w[_net.BN_GAMMA]),
-                g.initializer("/bn/B", w[_net.BN_BETA]),
-                g.initializer("/bn/mean", w[_net.BN_MEAN]),
-                g.initializer("/bn/var", w[_net.BN_VAR])], ["/bn/out"],
-               epsilon=float(_net.BN_EPSILON))
-    y = g.node("Relu", [y], ["/relu1/out"])
-    y = g.node("Gemm", [y, g.initializer("/dense1/W", w[_net.DENSE1_WEIGHT]),
-                        g.initializer("/dense1/B", w[_net.DENSE1_BIAS])], ["/dense1/out"],
-               transB=1)
+    y = _write_layers(g, get_weights(model._core), x, h0, c0, mean, std, pw)
     probs = g.node("Softmax", [y], [prob_name], axis=1)
     index = g.node("ArgMax", [probs], [index_name], axis=1, keepdims=0)
     g.node("Gather", [g.initializer("/labels", labels, label_dtype), index], [target], axis=0)
