@@ -14,6 +14,9 @@ if [ "${1:-}" = "test" ]; then
   # dependencies would pull an onnx that lacks a helper it needs: pin, no deps.
   .venv/bin/python -m pip install --quiet --no-deps "onnxmltools==1.11.2" \
       "onnxconverter-common==1.13.0" "onnx>=1.16,<1.18"
+  # onnxmltools 1.11.2 imports pkg_resources, which setuptools 81 and later no longer
+  # ship (a package such as torch from the bench extra may pull a newer one in).
+  .venv/bin/python -m pip install --quiet "setuptools<81"
   # imgaug carries the one real annotated photo (quokka) used by the detector tests;
   # importing imgaug needs OpenCV, but its data files are read directly: no deps.
   .venv/bin/python -m pip install --quiet --no-deps "imgaug==0.4.0"
