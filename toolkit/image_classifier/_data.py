@@ -16,7 +16,7 @@ from .. import _validate as V
 from .._mx import mx
 from .._progress import say
 from ..errors import DataError, InvalidParameterError, ToolkitWarning
-from . import _net
+from . import _finetune, _net
 
 #: 'auto' validation: hold out VALIDATION_FRACTION of the rows when there are at least this many.
 MIN_ROWS_FOR_AUTO_VALIDATION = 100
@@ -24,7 +24,8 @@ VALIDATION_FRACTION = 0.05
 
 #: The checked arguments of ``create``.
 Settings = namedtuple("Settings", "target feature model l2_penalty max_iterations batch_size "
-                                  "verbose random_seed validation_set")
+                                  "verbose random_seed validation_set fine_tune",
+                      defaults=(_finetune.DEFAULTS,))
 
 
 class TrainingData:
@@ -49,7 +50,7 @@ class TrainingData:
 
 
 def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations, batch_size,
-                    verbose, random_seed, validation_set):
+                    verbose, random_seed, validation_set, fine_tune="auto"):
     """Check ``create``'s arguments; return them as :data:`Settings` (``feature`` found)."""
     V.check_dataframe(dataset)
     V.check_column_name(target, "target")
@@ -67,7 +68,8 @@ def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations,
                     batch_size=V.check_int(batch_size, "batch_size", 1),
                     verbose=V.check_bool(verbose, "verbose"),
                     random_seed=V.check_seed(random_seed),
-                    validation_set=V.check_validation_set(validation_set))
+                    validation_set=V.check_validation_set(validation_set),
+                    fine_tune=_finetune.check_option(fine_tune))
 
 
 def prepare(dataset, settings):
