@@ -108,7 +108,7 @@ def auto_epochs(num_train):
 
 
 def _resample_matrices(starts, lengths, size):
-    """(n, size, size) bilinear matrices: output i samples ``start + (i + .5) * len / size - .5``."""
+    """(n, size, size) bilinear matrices; output i samples start + (i + .5) * len / size - .5."""
     pos = starts[:, None] + (np.arange(size)[None, :] + 0.5) * lengths[:, None] / size - 0.5
     pos = np.clip(pos, 0, size - 1)
     lo = np.floor(pos).astype(np.int64)
