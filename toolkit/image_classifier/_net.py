@@ -186,11 +186,28 @@ def split_backbone(backbone, blocks):
 
     ``front`` maps a (N, 3, 224, 224) input to block ``cut - 1``'s output
     (``cut = NUM_BLOCKS - blocks``); ``tail`` maps that to the 1280 pooled
-    features. ``backbone`` must be a fresh (not hybridized) one.
+    features. ``backbone`` must be a fresh (not hybridized) one, used for training only.
+
+    The tail's BatchNorm layers are switched to ``use_global_stats``: mxnet's
+    BatchNorm backward otherwise differentiates through *batch* statistics even
+    when the forward pass used the running ones (``train_mode=False``), so a
+    sample's gradient would depend on the others in its batch (and on how a
+    batch is split between devices), and the backward pass nudges the running
+    statistics (measured: 1e-7 per step).
     """
     cut = NUM_BLOCKS - blocks
+    for part in list(backbone.blocks)[cut:] + [backbone.head]:
+        for block in _batchnorms(part):
+            block._kwargs["use_global_stats"] = True
     front_cls, tail_cls = _split_classes()
     return front_cls(backbone, cut, prefix="front_"), tail_cls(backbone, cut, prefix="tail_"), cut
+
+
+def _batchnorms(block):
+    found = [block] if isinstance(block, mx().gluon.nn.BatchNorm) else []
+    for child in block._children.values():
+        found += _batchnorms(child)
+    return found
 
 
 def tail_params(backbone, blocks):

@@ -362,7 +362,7 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
     Returns ``(weight, bias, results)`` like :func:`train_frozen`; ``results``
     adds ``fine_tuned`` (bool) and ``fine_tune_epochs``.
     """
-    from .._mx import get_weights, set_weights, structural_params
+    from .._mx import get_weights, set_weights
     autograd, nd, gluon = mx().autograd, mx().nd, mx().gluon
     verbose, opts = settings.verbose, settings.fine_tune
     ctx0 = ctxs[0]
@@ -443,10 +443,6 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
         say(resume.describe(), verbose)
     if snapshots is not None:
         snapshots.begin(run_config, data_fingerprint, {})
-    # mxnet's (MKL-DNN) BatchNorm backward rewrites the running statistics even with
-    # train_mode=False (seen: drift of ~1e-7 per step); put the ImageNet values back.
-    running = [(p, p.data(ctx0).copy()) for n, p in structural_params(fresh).items()
-               if n.endswith(("running_mean", "running_var"))]
 
     def contents():
         weights = dict(_net.backbone_weights(fresh, ctx0), **_net.classifier_weights(
@@ -472,7 +468,8 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
             y = train_ids[idx].astype(np.float32)
             dealt = _training.split(np.arange(len(idx)), 1, len(ctxs))
             losses, outs = [], []
-            # train_mode=False: BatchNorm uses (and keeps) its running statistics.
+            # BatchNorm: running statistics in the forward and the backward pass (see
+            # _net.split_backbone); train_mode=False as well, so nothing updates them.
             with autograd.record(train_mode=False):
                 for ctx, groups in zip(ctxs, dealt):
                     p = np.concatenate(groups) if groups else np.arange(1)
@@ -484,8 +481,6 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
                     outs.append((groups, logits, nll, p))
             autograd.backward(losses)
             run.trainer.step(1)
-            for param, value in running:
-                param.set_data(value)
             for groups, logits, nll, p in outs:
                 if groups:
                     total_loss += float(nll.sum().asscalar())
