@@ -103,7 +103,8 @@ def test_options_and_augmentation_are_deterministic():
 def test_fine_tune_true_is_refused_in_a_cluster(three_digits):
     from types import SimpleNamespace
     from toolkit.image_classifier import _data, _train
-    settings = _data.Settings(*([None] * 9), fine_tune=_finetune.check_option(True))
+    settings = _data.Settings._make([None] * len(_data.Settings._fields))._replace(
+        fine_tune=_finetune.check_option(True))
     with pytest.raises(InvalidParameterError, match="cluster"):
         _train.use_finetune(settings, None, SimpleNamespace(rank=0, num_workers=2))
     auto = settings._replace(fine_tune=_finetune.check_option("auto"))
@@ -158,6 +159,7 @@ if mode == "full":
 elif mode == "ckpt":
     model = tc.image_classifier.create(train, checkpoint_path=ckpt, checkpoint_every=1, **kw)
 else:
+    assert tc.load_model(ckpt).fine_tuned       # the killed run's checkpoint loads as a model
     model = tc.image_classifier.create(train, resume_from=ckpt, **dict(kw, verbose=True))
 assert model.fine_tuned
 np.save(out, np.stack(model.predict(test, output_type="probability_vector").to_numpy()))

@@ -353,7 +353,7 @@ def _initial_state(settings, data):
         "num_classes": len(data.classes), "num_features": _net.NUM_FEATURES,
         "num_examples": int(len(data.train_rows)), "max_iterations": settings.max_iterations,
         "l2_penalty": settings.l2_penalty, "batch_size": settings.batch_size,
-        "random_seed": settings.random_seed}
+        "random_seed": settings.random_seed, "fine_tuned": False, "fine_tune_epochs": None}
 
 
 # --- create ---------------------------------------------------------------

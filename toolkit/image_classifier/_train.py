@@ -442,6 +442,7 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
         first = int(resume.position["iteration"]) + 1
         say(resume.describe(), verbose)
     if snapshots is not None:
+        snapshots.state.update(fine_tuned=True, fine_tune_epochs=epochs)
         snapshots.begin(run_config, data_fingerprint, {})
 
     def contents():
