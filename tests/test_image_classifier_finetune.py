@@ -67,11 +67,12 @@ def test_predict_uses_the_fine_tuned_weights(tuned, three_digits):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_auto_keeps_tiny_data_on_the_frozen_path(three_digits):
+def test_auto_keeps_tiny_data_on_the_frozen_path(three_digits, capsys):
     train, _ = three_digits
-    model = tc.image_classifier.create(train, target="label", verbose=False, random_seed=0,
+    model = tc.image_classifier.create(train, target="label", verbose=True, random_seed=0,
                                        max_iterations=5)
     assert model.fine_tuned is False and model.fine_tune_epochs is None
+    assert "fine_tune='auto': frozen features (36 training" in capsys.readouterr().out
     assert _finetune.MIN_AUTO_TRAIN > len(train)
 
 

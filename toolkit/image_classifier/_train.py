@@ -315,13 +315,21 @@ def use_finetune(settings, data, cluster, resume=None):
     if mode != "auto":
         return bool(mode)
     if cluster is not None:
+        say("fine_tune='auto': frozen features (the fine-tune path does not run in a "
+            "cluster).", settings.verbose)
         return False
     if resume is not None:
         return resume.config.get("training_path") == "fine_tune"
     n_valid = len(data.valid[0]) if data.valid is not None else \
         len(data.values) - len(data.train_rows)
-    return len(data.train_rows) >= _finetune.MIN_AUTO_TRAIN and \
-        n_valid >= _finetune.MIN_AUTO_VALID
+    n_train = len(data.train_rows)
+    if n_train >= _finetune.MIN_AUTO_TRAIN and n_valid >= _finetune.MIN_AUTO_VALID:
+        return True
+    say(f"fine_tune='auto': frozen features ({n_train} training and {n_valid} validation "
+        f"images; fine-tuning is tried from {_finetune.MIN_AUTO_TRAIN} and "
+        f"{_finetune.MIN_AUTO_VALID}). Pass fine_tune=True to fine-tune anyway.",
+        settings.verbose)
+    return False
 
 
 def _tail_features(tail, maps, ctx):
