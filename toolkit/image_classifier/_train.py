@@ -287,7 +287,8 @@ def _folded(dense, ctx, mean, std):
 # --- the fine-tune path -------------------------------------------------------
 
 #: Adam's learning rate for the trained blocks and the (warm-started) classifier: small,
-#: so that the ImageNet weights move little (1e-3 destroyed the warm start in trials).
+#: so that the ImageNet weights move little. Measured on 500 MNIST digits downscaled to
+#: 8x8 (8 epochs, 500 test images): 1e-3 -> 0.840, 3e-4 -> 0.850, frozen 0.866.
 _FT_LEARNING_RATE = 1e-4
 #: Images per optimizer step of the fine-tune path.
 _FT_BATCH = 32
