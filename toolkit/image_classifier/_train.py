@@ -8,11 +8,14 @@ results)``: the classifier layer acting on raw features, and the results to
 merge into the model's state. A path that changes the backbone trains it in
 place. Paths:
 
-* :func:`train_frozen` (the only one so far): the backbone stays frozen. Its
+* :func:`train_frozen`: the backbone stays frozen. Its
   features are extracted once (:func:`training_features`: on every device; in a
   cluster each worker extracts its share and the rows are gathered), then a
   softmax regression is fitted on them (:func:`fit_classifier`: full-batch
   Adam on standardised features).
+* :func:`train_finetune` (``create(fine_tune=...)``, chosen by :func:`use_finetune`): the
+  last block(s) of the backbone and its head convolution are trained with the
+  classifier, on augmented cached activations (:mod:`._finetune`).
 
 Checkpoints (:class:`Snapshots`) are model files the training path fills in:
 the model so far plus what resuming needs.
