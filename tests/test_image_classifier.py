@@ -195,7 +195,8 @@ def test_save_load_round_trip(model, split, test_probs, tmp_path):
     path = tmp_path / "faces.model"
     model.save(path)
     mf = _model_file.read_model_file(str(path))
-    assert mf.task == "image_classifier" and mf.file_version == 1
+    assert mf.task == "image_classifier"
+    assert mf.file_version == tc.image_classifier.ImageClassifier._FILE_VERSION
     weights = mf.tensors("weights")
     assert set(weights) >= {"classifier.weight", "classifier.bias", "backbone.stem.conv.weight",
                             "backbone.blocks.15.project.bn.running_var"}

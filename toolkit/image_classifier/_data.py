@@ -21,7 +21,7 @@ from .. import _images
 from .. import _validate as V
 from .._mx import mx
 from ..errors import DataError, InvalidParameterError, ToolkitWarning
-from . import _net
+from . import _finetune, _net
 
 #: 'auto' validation: hold out VALIDATION_FRACTION of the rows when there are at least this many.
 MIN_ROWS_FOR_AUTO_VALIDATION = 100
@@ -30,7 +30,8 @@ VALIDATION_FRACTION = 0.05
 #: The checked arguments of ``create``.
 Settings = namedtuple("Settings", "target feature model l2_penalty max_iterations batch_size "
                                   "verbose random_seed validation_set l1_penalty class_weights "
-                                  "feature_rescaling convergence_threshold input_kind")
+                                  "feature_rescaling convergence_threshold input_kind fine_tune",
+                      defaults=(_finetune.DEFAULTS,))
 
 #: Turi Create's names of its feature extractors; refused with a message naming ours.
 TURI_CREATE_MODELS = ("resnet-50", "squeezenet_v1.1", "VisionFeaturePrint_Scene",
@@ -186,7 +187,7 @@ def check_convergence_threshold(value):
 
 def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations, batch_size,
                     verbose, random_seed, validation_set, l1_penalty=0.0, class_weights=None,
-                    feature_rescaling=True, convergence_threshold=None):
+                    feature_rescaling=True, convergence_threshold=None, fine_tune="auto"):
     """Check ``create``'s arguments; return them as :data:`Settings` (``feature`` found).
 
     ``feature`` may name a column of deep features (``input_kind``
@@ -216,7 +217,7 @@ def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations,
                     class_weights=check_class_weights(class_weights),
                     feature_rescaling=V.check_bool(feature_rescaling, "feature_rescaling"),
                     convergence_threshold=check_convergence_threshold(convergence_threshold),
-                    input_kind=kind)
+                    input_kind=kind, fine_tune=_finetune.check_option(fine_tune))
 
 
 # --- deep features ------------------------------------------------------------------------

@@ -35,6 +35,11 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
    (0.0), ``class_weights`` (null: equal; else one weight per class, in
    ``classes`` order), ``feature_rescaling`` (true) and
    ``convergence_threshold`` (null: all ``max_iterations`` steps).
+
+2. ``fine_tuned`` (bool: the backbone's last block(s) were trained by
+   ``create(fine_tune=...)``; a fine-tuned backbone is stored under the same
+   ``backbone.*`` names) and ``fine_tune_epochs`` (int, or null on the frozen
+   path). Version-1 files: ``fine_tuned`` false, ``fine_tune_epochs`` null.
 """
 
 import time
@@ -44,13 +49,13 @@ import numpy as np
 from .. import _checkpoint, _images, config
 from .. import _validate as V
 from .._metrics import classifier_metrics
-from .._model import Model, task_method
+from .._model import Model, VersionStep, task_method
 from .._mx import get_weights
 from .._progress import say
 from ..errors import InvalidParameterError, WeightsMismatchError
 from . import _data, _export, _net, _onnx_export, _train
 
-FILE_VERSION = 1
+FILE_VERSION = 2
 DEFAULT_MAX_ITERATIONS = 100
 
 #: create() settings stored since after file version 1 shipped, and the values files
@@ -139,7 +144,8 @@ class ImageClassifier(Model):
     ``feature_rescaling``, ``convergence_threshold``, ``batch_size``,
     ``random_seed``, ``training_accuracy``, ``training_loss``,
     ``validation_accuracy``, ``validation_loss``, ``training_time``,
-    ``feature_extraction_time``, and, as in Turi Create:
+    ``feature_extraction_time``, ``fine_tuned`` (whether the backbone was
+    fine-tuned), ``fine_tune_epochs``, and, as in Turi Create:
 
     * ``classifier``: a dict describing the trained softmax layer:
       ``coefficients`` (float32, (num_classes, 1280)) and ``intercept``
@@ -171,8 +177,11 @@ class ImageClassifier(Model):
 
     _TASK = "image_classifier"
     _FILE_VERSION = FILE_VERSION
-    # {v: f}: f turns a version-v file into version v + 1 (none yet).
-    _MIGRATIONS = {}
+    # {v: f}: f turns a version-v file into version v + 1.
+    _MIGRATIONS = {1: VersionStep(state=lambda s: dict(s, fine_tuned=s.get("fine_tuned", False),
+                                                       fine_tune_epochs=s.get("fine_tune_epochs")),
+                                  doc="Fields 'fine_tuned' (false) and 'fine_tune_epochs' (null): "
+                                      "version-1 models have a frozen backbone.")}
 
     def __init__(self, state, net, backbone_ready=False):
         self._state = dict(state)
@@ -227,6 +236,7 @@ class ImageClassifier(Model):
                                   ("Validation accuracy", s.get("validation_accuracy")),
                                   ("Validation loss", s.get("validation_loss")),
                                   ("Iterations", s.get("training_iterations")),
+                                  ("Fine-tuned backbone", s.get("fine_tuned")),
                                   ("Feature extraction time (sec)",
                                    s.get("feature_extraction_time")),
                                   ("Training time (sec)", s.get("training_time"))]),
@@ -536,7 +546,8 @@ def _initial_state(settings, data):
         "l2_penalty": settings.l2_penalty, "l1_penalty": settings.l1_penalty,
         "class_weights": None, "feature_rescaling": settings.feature_rescaling,
         "convergence_threshold": settings.convergence_threshold,
-        "batch_size": settings.batch_size, "random_seed": settings.random_seed}
+        "batch_size": settings.batch_size, "random_seed": settings.random_seed,
+        "fine_tuned": False, "fine_tune_epochs": None}
 
 
 # --- create ---------------------------------------------------------------
@@ -548,7 +559,7 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
            lbfgs_memory_level=_data.DEFAULT_LBFGS_MEMORY_LEVEL,
            max_iterations=DEFAULT_MAX_ITERATIONS, class_weights=None, validation_set="auto",
            verbose=True, seed=None, batch_size=64, random_seed=None, checkpoint_path=None,
-           checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None):
+           checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None, fine_tune="auto"):
     """Train an image classifier by transfer learning from a pretrained network.
 
     Each image is resized to 224x224 RGB and mapped to a 1280-d vector by
@@ -676,6 +687,24 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
         l2_penalty, max_iterations, random_seed, validation set) must equal the
         checkpoint's, else :class:`~toolkit.errors.CheckpointMismatchError`
         names each difference; other images or labels only warn.
+    fine_tune : 'auto', bool or dict, default 'auto'
+        Also train the last block of EfficientNet-Lite0 (and its head
+        convolution) together with the classifier, on augmented copies of the
+        images' cached activations (random resized crops and channel-gain
+        jitter; horizontal flips only when asked, since digits and text are
+        not mirror-safe). BatchNorm running statistics stay frozen.
+        ``False``: frozen features only (the fastest). ``True``: fine-tune.
+        ``'auto'``: fine-tune only with at least 200 training and 20
+        validation images (and not in a cluster), then keep the fine-tuned
+        weights only if they classify more validation images correctly than
+        the frozen ones; ``model.fine_tuned`` and a progress line say which.
+        A dict sets options and means ``True`` unless it has ``'mode'``:
+        ``{'mode': 'auto' | True | False, 'flip': False, 'crop': True,
+        'jitter': True, 'blocks': 1, 'epochs': None}`` (``blocks``: the last
+        MBConv blocks trained; ``epochs``: None is automatic, 3 to 12). One
+        iteration of the fine-tune path is one epoch; checkpoints and resume
+        work as on the frozen path (exactly). In a parameter-server cluster
+        ``True`` is refused and ``'auto'`` stays frozen.
 
     Devices and clusters: feature extraction and training run on the devices
     of :mod:`toolkit.config`; in a parameter-server cluster each worker
@@ -724,7 +753,8 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
                                      batch_size, verbose, random_seed, validation_set,
                                      l1_penalty=l1_penalty, class_weights=class_weights,
                                      feature_rescaling=feature_rescaling,
-                                     convergence_threshold=convergence_threshold)
+                                     convergence_threshold=convergence_threshold,
+                                     fine_tune=fine_tune)
     _data.check_solver_options(solver, step_size, lbfgs_memory_level)
     checkpoint_path, resume, random_seed = _checkpoint.start(
         ImageClassifier._TASK, checkpoint_path, checkpoint_every, resume_from,
@@ -745,8 +775,11 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
                                      FILE_VERSION, state)
 
     backbone, ctxs, cluster = _train.pretrained_backbone(settings.batch_size, len(data.values))
-    weight, bias, results = _train.train_frozen(backbone, data, settings, ctxs, cluster,
-                                                snapshots, resume)
+    path = _train.train_finetune if _train.use_finetune(settings, data, cluster, resume) \
+        else _train.train_frozen
+    weight, bias, results = path(backbone, data, settings, ctxs, cluster, snapshots, resume)
+    results.setdefault("fine_tuned", False)
+    results.setdefault("fine_tune_epochs", None)
     _train.release(backbone, ctxs)
 
     num_classes = len(data.classes)
