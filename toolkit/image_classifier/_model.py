@@ -29,17 +29,15 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
    ``validation_accuracy``, ``validation_loss`` (null without validation),
    ``training_time`` and ``feature_extraction_time`` (seconds).
 
-   Added later without a version bump, because nothing reads them to predict
-   (they record create() settings; files without them were trained with the
-   values in brackets, which :data:`SETTING_DEFAULTS` supplies): ``l1_penalty``
-   (0.0), ``class_weights`` (null: equal; else one weight per class, in
-   ``classes`` order), ``feature_rescaling`` (true) and
-   ``convergence_threshold`` (null: all ``max_iterations`` steps).
-
 2. ``fine_tuned`` (bool: the backbone's last block(s) were trained by
    ``create(fine_tune=...)``; a fine-tuned backbone is stored under the same
    ``backbone.*`` names) and ``fine_tune_epochs`` (int, or null on the frozen
-   path). Version-1 files: ``fine_tuned`` false, ``fine_tune_epochs`` null.
+   path); Turi Create's create() settings ``l1_penalty``, ``class_weights``
+   (null: equal; else one weight per class, in ``classes`` order),
+   ``feature_rescaling`` and ``convergence_threshold`` (null: all
+   ``max_iterations`` steps). Version-1 files get what they were trained
+   with: ``fine_tuned`` false, ``fine_tune_epochs`` null and
+   :data:`SETTING_DEFAULTS`.
 """
 
 import time
@@ -58,8 +56,8 @@ from . import _data, _export, _net, _onnx_export, _train
 FILE_VERSION = 2
 DEFAULT_MAX_ITERATIONS = 100
 
-#: create() settings stored since after file version 1 shipped, and the values files
-#: without them were trained with.
+#: create() settings stored since file version 2, and the values version-1 files were
+#: trained with.
 SETTING_DEFAULTS = {"l1_penalty": 0.0, "class_weights": None, "feature_rescaling": True,
                     "convergence_threshold": None}
 
@@ -178,10 +176,13 @@ class ImageClassifier(Model):
     _TASK = "image_classifier"
     _FILE_VERSION = FILE_VERSION
     # {v: f}: f turns a version-v file into version v + 1.
-    _MIGRATIONS = {1: VersionStep(state=lambda s: dict(s, fine_tuned=s.get("fine_tuned", False),
-                                                       fine_tune_epochs=s.get("fine_tune_epochs")),
-                                  doc="Fields 'fine_tuned' (false) and 'fine_tune_epochs' (null): "
-                                      "version-1 models have a frozen backbone.")}
+    _MIGRATIONS = {1: VersionStep(
+        state=lambda s: {**SETTING_DEFAULTS, "fine_tuned": False, "fine_tune_epochs": None,
+                         **s},
+        doc="Fields 'fine_tuned' (false) and 'fine_tune_epochs' (null): version-1 models "
+            "have a frozen backbone; Turi Create's create() settings l1_penalty (0), "
+            "class_weights (null), feature_rescaling (true) and convergence_threshold "
+            "(null), which version-1 training used.")}
 
     def __init__(self, state, net, backbone_ready=False):
         self._state = dict(state)
@@ -192,8 +193,6 @@ class ImageClassifier(Model):
 
     def _fields(self):
         fields = super()._fields()
-        for key, default in SETTING_DEFAULTS.items():
-            fields.setdefault(key, default)
         weights = fields["class_weights"]
         if weights is not None:
             fields["class_weights"] = dict(zip(self._state["classes"], weights))
