@@ -276,7 +276,7 @@ def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbos
                 f"{objective - previous:+.2e} in the last one, less than "
                 f"convergence_threshold={convergence_threshold:g}.", verbose)
             if snapshots is not None:
-                snapshots.write_if_due(done, done, contents, extra())
+                snapshots.write_if_due(done, done, contents, extra=extra())
             break
         run.trainer.step(1)
         for p in dense.collect_params().values():
@@ -288,7 +288,7 @@ def fit_classifier(X, y, Xv, yv, num_classes, l2_penalty, max_iterations, verbos
                 row += list(_evaluate(dense, ctx0, Xvs, yv))
             table.row(*row, f"{table.elapsed():.1f}")
         if snapshots is not None:
-            snapshots.write_if_due(it, max_iterations, contents, extra())
+            snapshots.write_if_due(it, max_iterations, contents, extra=extra())
     table.finish()
     train_acc, train_loss = _evaluate(dense, ctx0, Xs, y)
     log = {"training_iterations": int(done),
