@@ -316,8 +316,8 @@ def _training_layer(num_classes, num_features, resume, verbose):
     dense = mx().gluon.nn.Dense(num_classes, in_units=num_features, prefix="train_classifier_")
     dense.initialize(mx().init.Zero())
     if resume is not None:
-        dense.weight.set_data(nd.array(resume.arrays[_net.CHECKPOINT_WEIGHT]))
-        dense.bias.set_data(nd.array(resume.arrays[_net.CHECKPOINT_BIAS]))
+        dense.weight.set_data(nd.array(resume.array(_net.CHECKPOINT_WEIGHT)))
+        dense.bias.set_data(nd.array(resume.array(_net.CHECKPOINT_BIAS)))
     run = _training.setup(dense, "adam", {"learning_rate": _LEARNING_RATE}, use_cluster=False,
                           ctxs=config.contexts()[:1])
     for p in dense.collect_params().values():
@@ -326,6 +326,7 @@ def _training_layer(num_classes, num_features, resume, verbose):
     if resume is not None:
         _training.restore_optimizer(run, resume.extra.get("optimizer"),
                                     resume.arrays_under(_OPTIMIZER))
+        resume.check_all_used()
         first = int(resume.position["iteration"]) + 1
         say(resume.describe(), verbose)
     return dense, run, first

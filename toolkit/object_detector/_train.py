@@ -318,6 +318,7 @@ def _restore(resume, run, num_images, verbose):
     extra = resume.extra
     restored = _training.restore_optimizer(run, extra.get("optimizer"),
                                            resume.arrays_under("optimizer"))
+    resume.check_all_used()
     rng = resume.rng()
     order, pos = None, 0
     if run.rank:
