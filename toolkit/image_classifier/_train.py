@@ -478,84 +478,49 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
     adds ``fine_tuned`` (bool) and ``fine_tune_epochs``.
     """
     from .._mx import get_weights, set_weights
-    autograd, nd, gluon = mx().autograd, mx().nd, mx().gluon
-    verbose, opts = settings.verbose, settings.fine_tune
-    ctx0 = ctxs[0]
+    verbose, opts, ctx0 = settings.verbose, settings.fine_tune, ctxs[0]
     fresh = _net.build_backbone(weights=get_weights(backbone, ctx0))
     if config.off_default(ctxs):
         fresh.collect_params().reset_ctx(ctxs)
     front, tail, cut = _net.split_backbone(fresh, opts.blocks)
-    num_train = len(data.train_rows)
-    epochs = opts.epochs
-    if epochs is None and resume is not None:     # automatic: the checkpoint's
-        epochs = (resume.setting("fine_tune") or {}).get("epochs")
-    epochs = int(epochs or _finetune.auto_epochs(num_train))
-    opts = opts._replace(epochs=int(epochs))
+    epochs = _finetune_epochs(opts, resume, len(data.train_rows))
+    opts = opts._replace(epochs=epochs)
 
     # 1. The frozen front's activations, once.
     say(f"Running the frozen part of {settings.model} (up to block {cut}) over "
         f"{len(data.values)} images on {config.describe(ctxs, cluster)}...", verbose)
     t_start = time.perf_counter()
-    _efficientnet_prepare(front, settings.batch_size, len(data.values))
-    maps = _data.extract(front, data.values, settings.feature, data.index,
-                         settings.batch_size, verbose, ctxs=ctxs)
-    valid_maps = valid_ids = None
-    if data.valid is not None and len(data.valid[0]):
-        valid_values, valid_ids, valid_index = data.valid
-        valid_maps = _data.extract(front, valid_values, settings.feature, valid_index,
-                                   settings.batch_size, verbose, ctxs=ctxs)
-    elif num_train < len(data.values):
-        held = data.held_out_rows
-        valid_maps, valid_ids = maps[held], data.label_ids[held]
-    train_maps, train_ids = maps[data.train_rows], data.label_ids[data.train_rows]
-    del maps
+    maps = _front_activations(front, data, settings, ctxs)
     tail.hybridize()
-    feats = _tail_features(tail, train_maps, ctx0)
-    valid_feats = None if valid_maps is None else _tail_features(tail, valid_maps, ctx0)
+    feats = _tail_features(tail, maps.train, ctx0)
+    valid_feats = None if maps.valid is None else _tail_features(tail, maps.valid, ctx0)
     seconds = time.perf_counter() - t_start
 
     # 2. The frozen classifier: warm start and the baseline of 'auto'.
     say("Training the classifier on the frozen features (warm start)...", verbose)
-    w0, b0, log = fit_classifier(feats, train_ids, valid_feats, valid_ids, len(data.classes),
-                                 settings.l2_penalty, settings.max_iterations, verbose)
-    frozen_log = dict(log)
-
-    run_config = {"target": settings.target, "feature": settings.feature,
-                  "classes": data.classes, "model": settings.model,
-                  "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
-                  "random_seed": settings.random_seed, "training_path": "fine_tune",
-                  "fine_tune": _finetune.as_config(opts),
-                  "validation_set": validation_config(settings.validation_set, valid_feats,
-                                                      valid_ids)}
+    w0, b0, frozen_log = fit_classifier(feats, maps.train_ids, valid_feats, maps.valid_ids,
+                                        len(data.classes), settings.l2_penalty,
+                                        settings.max_iterations, verbose)
+    run_config = _finetune_config(settings, data, opts, valid_feats, maps.valid_ids)
     data_fingerprint = None
     if snapshots is not None or resume is not None:
-        data_fingerprint = _checkpoint.fingerprint(np.round(feats, 3), train_ids, data.classes)
+        data_fingerprint = _checkpoint.fingerprint(np.round(feats, 3), maps.train_ids,
+                                                   data.classes)
     if resume is not None:
         resume.check_compatible(run_config, data_fingerprint)
 
     # 3. Fine-tuning.
     dense = _net.build_classifier(len(data.classes), w0, b0)
-    net = gluon.nn.HybridSequential(prefix="finetune_")
+    net = mx().gluon.nn.HybridSequential(prefix="finetune_")
     net.add(tail, dense)
     params = dict(_net.tail_params(fresh, opts.blocks))
     params[_net.CLASSIFIER_WEIGHT], params[_net.CLASSIFIER_BIAS] = dense.weight, dense.bias
     run = _training.setup(net, "adam", {"learning_rate": _FT_LEARNING_RATE}, params=params,
                           use_cluster=False, ctxs=ctxs)
     net.hybridize()
-    rng = np.random.RandomState([settings.random_seed, 1])
-    first = 1
+    rng, first = np.random.RandomState([settings.random_seed, 1]), 1
     if resume is not None:
-        stored = resume.weights
-        set_weights(fresh, {k[len(_net.BACKBONE_PREFIX):]: v for k, v in stored.items()
-                            if k.startswith(_net.BACKBONE_PREFIX)}, what="checkpoint backbone")
-        set_weights(dense, {"weight": stored[_net.CLASSIFIER_WEIGHT],
-                            "bias": stored[_net.CLASSIFIER_BIAS]}, what="checkpoint classifier")
-        _training.restore_optimizer(run, resume.extra.get("optimizer"),
-                                    resume.arrays_under(_OPTIMIZER))
-        resume.check_all_used()
-        rng = resume.rng()
-        first = int(resume.position["iteration"]) + 1
-        say(resume.describe(), verbose)
+        rng, first = _finetune_restore(resume, fresh, dense, run, verbose)
     if snapshots is not None:
         snapshots.state.update(fine_tuned=True, fine_tune_epochs=epochs)
         snapshots.begin(run_config, data_fingerprint, {})
@@ -570,71 +535,151 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
             k for k in ("crop", "flip", "jitter") if getattr(opts, k)) or "none") + ")...",
         verbose)
     cols = ["Epoch", "Train Accuracy", "Train Loss"]
-    if valid_maps is not None:
+    if maps.valid is not None:
         cols += ["Validation Accuracy", "Validation Loss"]
     table = ProgressTable(cols + ["Elapsed Time"], verbose)
     table.start()
-    n = len(train_maps)
     for epoch in range(first, epochs + 1):
-        order = rng.permutation(n)
-        total_loss = correct = 0.0
-        for s in range(0, n, _FT_BATCH):
-            idx = order[s:s + _FT_BATCH]
-            x = _finetune.augment(train_maps[idx], opts, rng)
-            y = train_ids[idx].astype(np.float32)
-            dealt = _training.split(np.arange(len(idx)), 1, len(ctxs))
-            losses, outs = [], []
-            # BatchNorm: running statistics in the forward and the backward pass (see
-            # _net.split_backbone); train_mode=False as well, so nothing updates them.
-            with autograd.record(train_mode=False):
-                for ctx, groups in zip(ctxs, dealt):
-                    p = np.concatenate(groups) if groups else np.arange(1)
-                    logits = net(nd.array(x[p], ctx=ctx))
-                    nll = -nd.pick(nd.log_softmax(logits, axis=-1), nd.array(y[p], ctx=ctx),
-                                   axis=-1)
-                    loss = nll.sum() / len(idx)
-                    losses.append(loss if groups else loss * 0.0)
-                    outs.append((groups, logits, nll, p))
-            autograd.backward(losses)
-            run.trainer.step(1)
-            for groups, logits, nll, p in outs:
-                if groups:
-                    total_loss += float(nll.sum().asscalar())
-                    correct += float((logits.argmax(axis=-1).asnumpy() == y[p]).sum())
+        correct, total_loss = _finetune_epoch(net, run, maps.train, maps.train_ids, opts, rng,
+                                              ctxs)
+        n = len(maps.train)
         row = [epoch, correct / n, total_loss / n]
-        if valid_maps is not None:
-            row += list(_accuracy(net, valid_maps, valid_ids, ctx0))
+        if maps.valid is not None:
+            row += list(_accuracy(net, maps.valid, maps.valid_ids, ctx0))
         table.row(*row, f"{table.elapsed():.1f}")
         if snapshots is not None:
             snapshots.write_if_due(epoch, epochs, contents, rng=rng)
     table.finish()
 
     # 4. Keep or drop the fine-tuned weights.
-    train_acc, train_loss = _accuracy(net, train_maps, train_ids, ctx0)
-    results = {"training_iterations": frozen_log["training_iterations"],
-               "training_accuracy": round(train_acc, 6), "training_loss": round(train_loss, 6),
-               "validation_accuracy": None, "validation_loss": None,
-               "num_validation_examples": int(0 if valid_maps is None else len(valid_maps)),
-               "feature_extraction_time": round(seconds, 3),
-               "fine_tuned": True, "fine_tune_epochs": int(epochs)}
-    if valid_maps is not None:
-        vacc, vloss = _accuracy(net, valid_maps, valid_ids, ctx0)
-        results.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
-        frozen_acc = frozen_log["validation_accuracy"]
-        gained = int(round((vacc - frozen_acc) * len(valid_ids)))
-        if settings.fine_tune.mode == "auto" and gained <= 0:
-            say(f"fine_tune='auto': kept the frozen backbone (validation accuracy "
-                f"{frozen_acc:.4f} frozen, {vacc:.4f} fine-tuned).", verbose)
-            frozen_log.update(num_validation_examples=results["num_validation_examples"],
-                              feature_extraction_time=results["feature_extraction_time"],
-                              fine_tuned=False, fine_tune_epochs=int(epochs))
-            return w0, b0, frozen_log
-        say(f"fine_tune={settings.fine_tune.mode!r}: using the fine-tuned backbone "
-            f"(validation accuracy {vacc:.4f}, frozen {frozen_acc:.4f}).", verbose)
+    results = _finetune_results(net, maps, frozen_log, seconds, epochs, ctx0)
+    if not _keep_finetuned(settings, results, frozen_log, maps):
+        frozen_log.update(num_validation_examples=results["num_validation_examples"],
+                          feature_extraction_time=results["feature_extraction_time"],
+                          fine_tuned=False, fine_tune_epochs=int(epochs))
+        return w0, b0, frozen_log
     set_weights(backbone, get_weights(fresh, ctx0), what="fine-tuned backbone")
     # The backbone's compiled graph was built for the old weights: build it again.
     _efficientnet_prepare(backbone, settings.batch_size, len(data.values))
     return (dense.weight.data(ctx0).asnumpy(), dense.bias.data(ctx0).asnumpy(), results)
+
+
+def _finetune_epochs(opts, resume, num_train):
+    """Epochs of the fine-tune path: the option, else the checkpoint's when resuming,
+    else :func:`._finetune.auto_epochs`."""
+    epochs = opts.epochs
+    if epochs is None and resume is not None:     # automatic: the checkpoint's
+        epochs = (resume.setting("fine_tune") or {}).get("epochs")
+    return int(epochs or _finetune.auto_epochs(num_train))
+
+
+#: The frozen front's activations of the training and validation images, with labels.
+_Maps = namedtuple("_Maps", "train train_ids valid valid_ids")
+
+
+def _front_activations(front, data, settings, ctxs):
+    """Run the frozen front once over the images: a :data:`_Maps`."""
+    _efficientnet_prepare(front, settings.batch_size, len(data.values))
+    maps = _data.extract(front, data.values, settings.feature, data.index,
+                         settings.batch_size, settings.verbose, ctxs=ctxs)
+    valid_maps = valid_ids = None
+    if data.valid is not None and len(data.valid[0]):
+        valid_values, valid_ids, valid_index = data.valid
+        valid_maps = _data.extract(front, valid_values, settings.feature, valid_index,
+                                   settings.batch_size, settings.verbose, ctxs=ctxs)
+    elif len(data.train_rows) < len(data.values):
+        held = data.held_out_rows
+        valid_maps, valid_ids = maps[held], data.label_ids[held]
+    return _Maps(maps[data.train_rows], data.label_ids[data.train_rows], valid_maps, valid_ids)
+
+
+def _finetune_config(settings, data, opts, valid_feats, valid_ids):
+    """The settings a resumed fine-tune run must share with its checkpoint."""
+    return {"target": settings.target, "feature": settings.feature,
+            "classes": data.classes, "model": settings.model,
+            "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
+            "random_seed": settings.random_seed, "training_path": "fine_tune",
+            "fine_tune": _finetune.as_config(opts),
+            "validation_set": validation_config(settings.validation_set, valid_feats,
+                                                valid_ids)}
+
+
+def _finetune_restore(resume, fresh, dense, run, verbose):
+    """A checkpoint's weights and optimizer state; returns (generator, first epoch)."""
+    from .._mx import set_weights
+    stored = resume.weights
+    set_weights(fresh, {k[len(_net.BACKBONE_PREFIX):]: v for k, v in stored.items()
+                        if k.startswith(_net.BACKBONE_PREFIX)}, what="checkpoint backbone")
+    set_weights(dense, {"weight": stored[_net.CLASSIFIER_WEIGHT],
+                        "bias": stored[_net.CLASSIFIER_BIAS]}, what="checkpoint classifier")
+    _training.restore_optimizer(run, resume.extra.get("optimizer"),
+                                resume.arrays_under(_OPTIMIZER))
+    resume.check_all_used()
+    say(resume.describe(), verbose)
+    return resume.rng(), int(resume.position["iteration"]) + 1
+
+
+def _finetune_epoch(net, run, train_maps, train_ids, opts, rng, ctxs):
+    """One epoch of Adam on augmented activations; returns (correct, summed loss)."""
+    autograd, nd = mx().autograd, mx().nd
+    n = len(train_maps)
+    order = rng.permutation(n)
+    total_loss = correct = 0.0
+    for s in range(0, n, _FT_BATCH):
+        idx = order[s:s + _FT_BATCH]
+        x = _finetune.augment(train_maps[idx], opts, rng)
+        y = train_ids[idx].astype(np.float32)
+        dealt = _training.split(np.arange(len(idx)), 1, len(ctxs))
+        losses, outs = [], []
+        # BatchNorm: running statistics in the forward and the backward pass (see
+        # _net.split_backbone); train_mode=False as well, so nothing updates them.
+        with autograd.record(train_mode=False):
+            for ctx, groups in zip(ctxs, dealt):
+                p = np.concatenate(groups) if groups else np.arange(1)
+                logits = net(nd.array(x[p], ctx=ctx))
+                nll = -nd.pick(nd.log_softmax(logits, axis=-1), nd.array(y[p], ctx=ctx),
+                               axis=-1)
+                loss = nll.sum() / len(idx)
+                losses.append(loss if groups else loss * 0.0)
+                outs.append((groups, logits, nll, p))
+        autograd.backward(losses)
+        run.trainer.step(1)
+        for groups, logits, nll, p in outs:
+            if groups:
+                total_loss += float(nll.sum().asscalar())
+                correct += float((logits.argmax(axis=-1).asnumpy() == y[p]).sum())
+    return correct, total_loss
+
+
+def _finetune_results(net, maps, frozen_log, seconds, epochs, ctx0):
+    """The fine-tuned model's training log (the state fields the path fills in)."""
+    train_acc, train_loss = _accuracy(net, maps.train, maps.train_ids, ctx0)
+    results = {"training_iterations": frozen_log["training_iterations"],
+               "training_accuracy": round(train_acc, 6), "training_loss": round(train_loss, 6),
+               "validation_accuracy": None, "validation_loss": None,
+               "num_validation_examples": int(0 if maps.valid is None else len(maps.valid)),
+               "feature_extraction_time": round(seconds, 3),
+               "fine_tuned": True, "fine_tune_epochs": int(epochs)}
+    if maps.valid is not None:
+        vacc, vloss = _accuracy(net, maps.valid, maps.valid_ids, ctx0)
+        results.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
+    return results
+
+
+def _keep_finetuned(settings, results, frozen_log, maps):
+    """Whether to keep the fine-tuned weights: always, except that ``'auto'`` keeps them
+    only when they classify more validation images correctly than the frozen ones."""
+    if maps.valid is None:
+        return True
+    vacc, frozen_acc = results["validation_accuracy"], frozen_log["validation_accuracy"]
+    gained = int(round((vacc - frozen_acc) * len(maps.valid_ids)))
+    if settings.fine_tune.mode == "auto" and gained <= 0:
+        say(f"fine_tune='auto': kept the frozen backbone (validation accuracy "
+            f"{frozen_acc:.4f} frozen, {vacc:.4f} fine-tuned).", settings.verbose)
+        return False
+    say(f"fine_tune={settings.fine_tune.mode!r}: using the fine-tuned backbone "
+        f"(validation accuracy {vacc:.4f}, frozen {frozen_acc:.4f}).", settings.verbose)
+    return True
 
 
 def _efficientnet_prepare(block, batch_size, num_images):
