@@ -845,74 +845,12 @@ class _Cluster:
     # -- the error ---------------------------------------------------------------
     def error(self):
         kind, proc, detail = self.failure
-        elapsed = self.elapsed()
-        stopped = ("The launcher stopped every process of the job: mxnet never notices a "
-                   "dead peer, so the others would have waited for it forever.")
         attrs = dict(role=None, rank=None, returncode=None, signal=None, timed_out=False,
                      stderr_tail=[], pids=self.pids())
         if kind == "exit":
-            rc = detail
-            attrs.update(role=proc.role, returncode=rc, stderr_tail=list(proc.tail),
-                         rank=proc.kv_rank if proc.role == "worker" else proc.index)
-            if rc < 0:
-                name = _signal_name(-rc)
-                attrs["signal"] = name
-                what = f"was killed by signal {name} ({-rc})"
-            else:
-                what = f"exited with code {rc}"
-            lines = [f"Distributed training failed after {elapsed:.1f} s: {proc.label()} "
-                     f"{what}.", stopped, ""]
-            lines += proc.tail_block()
-            if rc < 0 and -rc == signal.SIGKILL:
-                fix = ("Fix: SIGKILL usually comes from the out-of-memory killer or from a "
-                       "user; give each worker more memory (fewer workers per machine, a "
-                       "smaller batch) and run again.")
-            elif rc < 0:
-                fix = (f"Fix: find out what sent {_signal_name(-rc)} to the process (a crash "
-                       "in native code gives SIGSEGV or SIGABRT) and run again.")
-            elif proc.role == "worker":
-                fix = ("Fix: correct the error shown above and run again; every worker runs "
-                       "the same command, so it usually fails on one machine alone too.")
-            else:
-                fix = (f"Fix: the {proc.role} runs `{sys.executable} -c \"{_INFRA_CODE}\"` "
-                       "with its role's DMLC_* variables; check that mxnet imports in this "
-                       "environment and see the output above.")
-            lines += ["", fix]
+            lines = self._exit_lines(proc, detail, attrs)
         elif kind == "timeout":
-            attrs["timed_out"] = True
-            phase, running = detail
-            lines = [f"Distributed training did not finish within the timeout of "
-                     f"{self.timeout:g} s ({phase}); the launcher stopped every process "
-                     "of the job."]
-            running = _by_rank(running)
-            finished = _by_rank(w for w in self.workers if w.popen.returncode == 0)
-            if running:
-                lines.append("Workers that did not finish: " + ", ".join(
-                    w.label() for w in running) + "." + (
-                        " Finished: " + ", ".join(w.label() for w in finished) + "."
-                        if finished else ""))
-            idle = self.idle_for(self.t_end)
-            waiting = (running and self.idle_seconds is not None
-                       and idle >= self.idle_seconds)
-            if waiting:
-                lines.append(
-                    f"No unfinished worker used the CPU in the last {idle:.0f} s: a worker "
-                    "is waiting for a peer (a push, pull or barrier that another worker "
-                    "does not make), so a longer timeout would not help.")
-            for w in running[:4]:
-                lines += [""] + w.tail_block(8)
-            if waiting:
-                lines += ["", "Fix: every worker must make the same pushes and pulls: run "
-                          "the same number of steps (same data size per worker, same "
-                          "max_iterations) and make every random choice from the same seed "
-                          "(toolkit's create() does). A process that died on another "
-                          "machine is never noticed by mxnet."]
-            else:
-                lines += ["", "Fix: if training needs longer, raise the timeout (launch(..., "
-                          "timeout=SECONDS) or --timeout SECONDS). If it should have "
-                          "finished, a worker is waiting for a peer: every worker must make "
-                          "the same pushes and pulls (run the same number of steps), and a "
-                          "process that died on another machine is never noticed by mxnet."]
+            lines = self._timeout_lines(detail, attrs)
         elif kind == "ports":
             ports = ", ".join(map(str, detail))
             lines = ["Could not start the parameter-server scheduler: "
@@ -932,6 +870,73 @@ class _Cluster:
         for k, v in attrs.items():
             setattr(err, k, v)
         return err
+
+    def _exit_lines(self, proc, rc, attrs):
+        """The error's lines when a process of the job exited (``rc``: its return code)."""
+        attrs.update(role=proc.role, returncode=rc, stderr_tail=list(proc.tail),
+                     rank=proc.kv_rank if proc.role == "worker" else proc.index)
+        if rc < 0:
+            name = _signal_name(-rc)
+            attrs["signal"] = name
+            what = f"was killed by signal {name} ({-rc})"
+        else:
+            what = f"exited with code {rc}"
+        lines = [f"Distributed training failed after {self.elapsed():.1f} s: {proc.label()} "
+                 f"{what}.", "The launcher stopped every process of the job: mxnet never "
+                 "notices a dead peer, so the others would have waited for it forever.", ""]
+        lines += proc.tail_block()
+        if rc < 0 and -rc == signal.SIGKILL:
+            fix = ("Fix: SIGKILL usually comes from the out-of-memory killer or from a "
+                   "user; give each worker more memory (fewer workers per machine, a "
+                   "smaller batch) and run again.")
+        elif rc < 0:
+            fix = (f"Fix: find out what sent {_signal_name(-rc)} to the process (a crash "
+                   "in native code gives SIGSEGV or SIGABRT) and run again.")
+        elif proc.role == "worker":
+            fix = ("Fix: correct the error shown above and run again; every worker runs "
+                   "the same command, so it usually fails on one machine alone too.")
+        else:
+            fix = (f"Fix: the {proc.role} runs `{sys.executable} -c \"{_INFRA_CODE}\"` "
+                   "with its role's DMLC_* variables; check that mxnet imports in this "
+                   "environment and see the output above.")
+        return lines + ["", fix]
+
+    def _timeout_lines(self, detail, attrs):
+        """The error's lines when the job ran past its timeout: who did not finish, and
+        whether the workers were idle (waiting for a peer) at the end."""
+        attrs["timed_out"] = True
+        phase, running = detail
+        lines = [f"Distributed training did not finish within the timeout of "
+                 f"{self.timeout:g} s ({phase}); the launcher stopped every process "
+                 "of the job."]
+        running = _by_rank(running)
+        finished = _by_rank(w for w in self.workers if w.popen.returncode == 0)
+        if running:
+            lines.append("Workers that did not finish: " + ", ".join(
+                w.label() for w in running) + "." + (
+                    " Finished: " + ", ".join(w.label() for w in finished) + "."
+                    if finished else ""))
+        idle = self.idle_for(self.t_end)
+        waiting = (running and self.idle_seconds is not None
+                   and idle >= self.idle_seconds)
+        if waiting:
+            lines.append(
+                f"No unfinished worker used the CPU in the last {idle:.0f} s: a worker "
+                "is waiting for a peer (a push, pull or barrier that another worker "
+                "does not make), so a longer timeout would not help.")
+        for w in running[:4]:
+            lines += [""] + w.tail_block(8)
+        if waiting:
+            return lines + ["", "Fix: every worker must make the same pushes and pulls: run "
+                            "the same number of steps (same data size per worker, same "
+                            "max_iterations) and make every random choice from the same "
+                            "seed (toolkit's create() does). A process that died on another "
+                            "machine is never noticed by mxnet."]
+        return lines + ["", "Fix: if training needs longer, raise the timeout (launch(..., "
+                        "timeout=SECONDS) or --timeout SECONDS). If it should have "
+                        "finished, a worker is waiting for a peer: every worker must make "
+                        "the same pushes and pulls (run the same number of steps), and a "
+                        "process that died on another machine is never noticed by mxnet."]
 
 
 def _by_rank(workers):
