@@ -107,7 +107,7 @@ def test_spec_contract(exported):
     assert "clip" not in kinds and "padding" not in kinds and "slice" not in kinds
     meta = spec.description.metadata.userDefined
     assert meta["task"] == "image_classifier" and meta["model"] == "efficientnet-lite0"
-    assert meta["target"] == "label" and meta["file_version"] == "1"
+    assert meta["target"] == "label" and meta["file_version"] == str(model._FILE_VERSION)
     assert list(nn.int64ClassLabels.vector) == [0, 1, 2]
 
 

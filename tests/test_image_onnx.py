@@ -222,7 +222,8 @@ def test_interface_names_shapes_and_metadata(digits_export, faces_export):
         assert "0-255" in m.graph.input[0].doc_string
         meta = {p.key: p.value for p in m.metadata_props}
         assert meta == {"toolkit_version": tc.__version__, "task": "image_classifier",
-                        "file_version": "1", "classes": json.dumps(model.classes),
+                        "file_version": str(model._FILE_VERSION),
+                        "classes": json.dumps(model.classes),
                         "target": "label", "feature": "image", "model": "efficientnet-lite0",
                         "input_image_shape": "[3, 224, 224]", "input_layout": "NCHW",
                         "input_range": "[0, 255]", "max_iterations": "30"}
