@@ -394,11 +394,6 @@ def normalised_labels(y):
     return out[codes]
 
 
-def encode_labels(y, target):
-    """Sorted class list of JSON-typed labels (str, int, or bool)."""
-    return _encode(y, target)[0]
-
-
 def _encode(y, target):
     y = np.asarray(y)
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
