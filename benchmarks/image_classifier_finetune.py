@@ -12,10 +12,14 @@ Data sets (real, shipped in installed packages; no download):
 For each seed, a random stratified split (``--train`` images to train, default
 1,000, and ``--test`` to test; LFW: 100 / 100) is scored for:
 
-* ``frozen``: ``create(fine_tune=False)`` (default settings otherwise);
-* ``fine-tuned``: ``create(fine_tune=True)`` (default options);
-* ``auto``: ``create()`` with the default ``fine_tune='auto'`` (5% validation
-  hold-out), and what it chose;
+* ``frozen``: ``create(fine_tune=False, pooling='avg')``: global average
+  pooling, the frozen path as it was before pooling was a choice;
+* ``frozen-grid``: ``create(fine_tune=False, pooling='grid')``;
+* ``fine-tuned``: ``create(fine_tune=True, pooling='avg')`` (default options);
+* ``fine-tuned-grid``: ``create(fine_tune=True, pooling='grid')``;
+* ``auto``: ``create()`` with the defaults ``fine_tune='auto'`` (5% validation
+  hold-out) and ``pooling='auto'`` (3-fold cross-validation on the training
+  images), and what it chose;
 * ``logreg`` / ``svm``: scikit-learn logistic regression (C by 3-fold CV) and
   an RBF SVM (default C=1, gamma='scale') on the standardised raw pixels;
 * ``svm-unscaled``: the same SVM on pixels / 255 (not standardised), which is
@@ -68,15 +72,16 @@ def pixels(frame):
     return np.stack([np.asarray(a, np.float32).ravel() for a in frame["image"]])
 
 
-def run_create(train, test, seed, fine_tune):
+def run_create(train, test, seed, fine_tune, pooling):
     import toolkit as tc
     t = time.perf_counter()
-    kw = {} if fine_tune == "auto" else {"fine_tune": fine_tune, "validation_set": None}
+    kw = {} if fine_tune == "auto" else {"fine_tune": fine_tune, "validation_set": None,
+                                         "pooling": pooling}
     model = tc.image_classifier.create(train, target="label", verbose=False, random_seed=seed,
                                        **kw)
     seconds = time.perf_counter() - t
     acc = float(model.evaluate(test, metric="accuracy")["accuracy"])
-    return acc, seconds, bool(model.fine_tuned)
+    return acc, seconds, ("fine-tuned" if model.fine_tuned else "frozen") + " " + model.pooling
 
 
 def run_sklearn(train, test, kind):
@@ -104,7 +109,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sets", nargs="+", default=["digits8", "mnist28", "lfw"])
     ap.add_argument("--methods", nargs="+",
-                    default=["frozen", "fine-tuned", "auto", "logreg", "svm", "svm-unscaled"])
+                    default=["frozen", "frozen-grid", "fine-tuned", "fine-tuned-grid", "auto",
+                             "logreg", "svm", "svm-unscaled"])
     ap.add_argument("--train", type=int, default=1000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--json", help="also write the rows to this file")
@@ -121,9 +127,10 @@ def main():
                 if method in ("logreg", "svm", "svm-unscaled"):
                     acc, sec = run_sklearn(train, test, method)
                 else:
-                    ft = {"frozen": False, "fine-tuned": True, "auto": "auto"}[method]
-                    acc, sec, tuned = run_create(train, test, seed, ft)
-                    chose = "fine-tuned" if tuned else "frozen"
+                    ft = {"frozen": False, "fine-tuned": True, "auto": "auto"}[
+                        method.replace("-grid", "")]
+                    pooling = "grid" if method.endswith("-grid") else "avg"
+                    acc, sec, chose = run_create(train, test, seed, ft, pooling)
                 row = dict(set=name, seed=seed, method=method, accuracy=round(acc, 4),
                            seconds=round(sec, 1), chose=chose,
                            load=round(os.getloadavg()[0], 1))

@@ -30,8 +30,9 @@ VALIDATION_FRACTION = 0.05
 #: The checked arguments of ``create``.
 Settings = namedtuple("Settings", "target feature model l2_penalty max_iterations batch_size "
                                   "verbose random_seed validation_set l1_penalty class_weights "
-                                  "feature_rescaling convergence_threshold input_kind fine_tune",
-                      defaults=(_finetune.DEFAULTS,))
+                                  "feature_rescaling convergence_threshold input_kind fine_tune "
+                                  "pooling",
+                      defaults=(_finetune.DEFAULTS, "auto"))
 
 #: Turi Create's names of its feature extractors; refused with a message naming ours.
 TURI_CREATE_MODELS = ("resnet-50", "squeezenet_v1.1", "VisionFeaturePrint_Scene",
@@ -187,7 +188,8 @@ def check_convergence_threshold(value):
 
 def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations, batch_size,
                     verbose, random_seed, validation_set, l1_penalty=0.0, class_weights=None,
-                    feature_rescaling=True, convergence_threshold=None, fine_tune="auto"):
+                    feature_rescaling=True, convergence_threshold=None, fine_tune="auto",
+                    pooling="auto"):
     """Check ``create``'s arguments; return them as :data:`Settings` (``feature`` found).
 
     ``feature`` may name a column of deep features (``input_kind``
@@ -206,6 +208,7 @@ def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations,
     if feature == target:
         raise InvalidParameterError("'feature' and 'target' must be different columns.")
     check_model(model)
+    pooling = check_pooling(pooling, kind, feature)
     return Settings(target=target, feature=feature, model=model,
                     l2_penalty=_check_penalty(l2_penalty, "l2_penalty"),
                     max_iterations=V.check_max_iterations(max_iterations),
@@ -217,7 +220,21 @@ def check_arguments(dataset, target, feature, model, l2_penalty, max_iterations,
                     class_weights=check_class_weights(class_weights),
                     feature_rescaling=V.check_bool(feature_rescaling, "feature_rescaling"),
                     convergence_threshold=check_convergence_threshold(convergence_threshold),
-                    input_kind=kind, fine_tune=_finetune.check_option(fine_tune))
+                    input_kind=kind, fine_tune=_finetune.check_option(fine_tune),
+                    pooling=pooling)
+
+
+def check_pooling(pooling, kind=IMAGES, feature=None):
+    """``create(pooling=...)``: 'auto' or one of :data:`._net.POOLINGS`."""
+    choices = ("auto",) + _net.POOLINGS
+    if not isinstance(pooling, str) or pooling not in choices:
+        raise InvalidParameterError(
+            f"'pooling' must be one of {', '.join(map(repr, choices))}, got {pooling!r}.")
+    if pooling == "grid" and kind == DEEP_FEATURES:
+        raise InvalidParameterError(
+            f"pooling='grid' needs images, but '{feature}' holds deep features (already "
+            "pooled globally). Train on the image column, or use pooling='avg'.")
+    return pooling
 
 
 # --- deep features ------------------------------------------------------------------------
@@ -246,13 +263,14 @@ def column_holds_deep_features(series):
     return first is not None and is_deep_feature_vector(first)
 
 
-def deep_feature_matrix(series, column, name="dataset"):
-    """The column's deep features as float32 (n, 1280), every cell checked.
+def deep_feature_matrix(series, column, name="dataset", pooling=_net.DEFAULT_POOLING):
+    """The column's deep features as float32 (n, features), every cell checked.
 
-    Refuses a missing cell, a vector of another length (features of another
-    network), a non-numeric or non-finite value, naming the row.
+    ``pooling``: the model's, which sets the length (1280 for 'avg', 11,520 for
+    'grid'). Refuses a missing cell, a vector of another length (features of
+    another network or pooling), a non-numeric or non-finite value, naming the row.
     """
-    n = _net.NUM_FEATURES
+    n = _net.num_features(pooling)
     out = np.empty((len(series), n), np.float32)
     for pos, (label, value) in enumerate(series.items()):
         where = f"column '{column}' of '{name}', row {label!r} (position {pos})"
@@ -267,6 +285,11 @@ def deep_feature_matrix(series, column, name="dataset"):
             vec = None
         if vec is None or vec.ndim != 1:
             raise DataError(f"The deep-feature vector at {where} is not a flat list of numbers.")
+        if vec.shape[0] != n and pooling != _net.DEFAULT_POOLING:
+            raise DataError(
+                f"The deep-feature vector at {where} has {vec.shape[0]} values; this model "
+                f"pools its features over a grid (pooling={pooling!r}) and reads {n}. Pass "
+                "the images, or features from model.extract_features(images).")
         if vec.shape[0] != n:
             raise DataError(
                 f"The deep-feature vector at {where} has {vec.shape[0]} values; "
@@ -279,12 +302,12 @@ def deep_feature_matrix(series, column, name="dataset"):
     return out
 
 
-def deep_features_input(dataset, feature, name="dataset"):
+def deep_features_input(dataset, feature, name="dataset", pooling=_net.DEFAULT_POOLING):
     """``(features, index, single)`` when ``dataset`` holds deep features, else None.
 
     Accepts what prediction accepts for images: a DataFrame whose column
     ``feature`` holds deep features, a Series of them, or one vector (then
-    ``single`` is True).
+    ``single`` is True). ``pooling``: the model's (:func:`deep_feature_matrix`).
     """
     import pandas as pd
     if isinstance(dataset, pd.DataFrame):
@@ -292,17 +315,18 @@ def deep_features_input(dataset, feature, name="dataset"):
             return None
         V.check_columns_exist(dataset, [feature], "feature", name)
         if column_holds_deep_features(dataset[feature]):
-            return deep_feature_matrix(dataset[feature], feature, name), dataset.index, False
+            return (deep_feature_matrix(dataset[feature], feature, name, pooling),
+                    dataset.index, False)
         return None
     if isinstance(dataset, pd.Series):
         if len(dataset) and column_holds_deep_features(dataset):
             column = dataset.name if dataset.name is not None else feature
-            return deep_feature_matrix(dataset, column, name), dataset.index, False
+            return deep_feature_matrix(dataset, column, name, pooling), dataset.index, False
         return None
     if is_deep_feature_vector(dataset):
         one = pd.Series([None], dtype=object)
         one.iloc[0] = dataset
-        return deep_feature_matrix(one, feature, name), pd.RangeIndex(1), True
+        return deep_feature_matrix(one, feature, name, pooling), pd.RangeIndex(1), True
     return None
 
 

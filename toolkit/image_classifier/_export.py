@@ -36,7 +36,7 @@ Only layers of the first Core ML specification are used, in float32.
 from .. import _coreml
 from .._mx import get_weights
 from ..errors import ExportError
-from ..pretrained import _coreml_writer
+from ..pretrained import _coreml_writer, _efficientnet
 from . import _net
 
 TASK_TITLE = "Image classifier"
@@ -122,12 +122,22 @@ def export_coreml(model, path):
                                        mode="classifier")
         head, head_size, _ = _coreml_writer.write_backbone(builder, weights, feature,
                                                            prefix=_net.BACKBONE_PREFIX)
-        builder.add_pooling("pool", height=head_size, width=head_size, stride_height=1,
-                            stride_width=1, layer_type="AVERAGE", padding_type="VALID",
-                            input_name=head, output_name="features", is_global=True)
+        if s["pooling"] == "grid":
+            # 3x3 windows, stride 2, then flattened channel-major: the order of mxnet's
+            # flatten, which the classifier's columns follow.
+            k, st = _efficientnet.GRID_KERNEL, _efficientnet.GRID_STRIDE
+            builder.add_pooling("pool", height=k, width=k, stride_height=st, stride_width=st,
+                                layer_type="AVERAGE", padding_type="VALID", input_name=head,
+                                output_name="pooled")
+            builder.add_flatten("flatten", mode=0, input_name="pooled", output_name="features")
+        else:
+            builder.add_pooling("pool", height=head_size, width=head_size, stride_height=1,
+                                stride_width=1, layer_type="AVERAGE", padding_type="VALID",
+                                input_name=head, output_name="features", is_global=True)
         builder.add_inner_product("classifier", W=weights[_net.CLASSIFIER_WEIGHT],
                                   b=weights[_net.CLASSIFIER_BIAS],
-                                  input_channels=_net.NUM_FEATURES, output_channels=n_classes,
+                                  input_channels=_net.num_features(s["pooling"]),
+                                  output_channels=n_classes,
                                   has_bias=True, input_name="features", output_name="classifier")
         builder.add_softmax("softmax", "classifier", prob_name)
         builder.set_class_labels(labels, predicted_feature_name=target,

@@ -38,6 +38,12 @@ stored state or weights, and add a migration to ``_MIGRATIONS``):
    ``max_iterations`` steps). Version-1 files get what they were trained
    with: ``fine_tuned`` false, ``fine_tune_epochs`` null and
    :data:`SETTING_DEFAULTS`.
+
+3. ``pooling`` (``'avg'``: the 1280-d global average, or ``'grid'``: averages
+   over a 3x3 grid of the head's 7x7 map, 11,520-d; see
+   :data:`toolkit.pretrained._efficientnet.POOLINGS`); ``num_features``
+   and the width of ``classifier.weight`` follow it. Version-2 files get
+   ``'avg'``, the only pooling before.
 """
 
 import time
@@ -53,7 +59,7 @@ from .._progress import say
 from ..errors import InvalidParameterError, WeightsMismatchError
 from . import _data, _export, _net, _onnx_export, _train
 
-FILE_VERSION = 2
+FILE_VERSION = 3
 DEFAULT_MAX_ITERATIONS = 100
 
 #: create() settings stored since file version 2, and the values version-1 files were
@@ -89,14 +95,17 @@ class FeatureExtractor:
 
     @property
     def num_features(self):
-        return _net.NUM_FEATURES
+        return _net.num_features(self._model._state["pooling"])
 
     @property
     def input_image_shape(self):
         return tuple(self._model._state["input_image_shape"])
 
     def extract_features(self, dataset, feature=None, batch_size=64, verbose=False):
-        """The deep features of images, as a Series of float32 arrays of 1280 values.
+        """The deep features of images, as a Series of float32 arrays.
+
+        The features the model's classifier reads: 1280 values (global
+        average pooling), or 11,520 for a model with ``pooling='grid'``.
 
         Parameters
         ----------
@@ -143,10 +152,11 @@ class ImageClassifier(Model):
     ``random_seed``, ``training_accuracy``, ``training_loss``,
     ``validation_accuracy``, ``validation_loss``, ``training_time``,
     ``feature_extraction_time``, ``fine_tuned`` (whether the backbone was
-    fine-tuned), ``fine_tune_epochs``, and, as in Turi Create:
+    fine-tuned), ``fine_tune_epochs``, ``pooling`` (``'avg'`` or ``'grid'``, see
+    :func:`create`), and, as in Turi Create:
 
     * ``classifier``: a dict describing the trained softmax layer:
-      ``coefficients`` (float32, (num_classes, 1280)) and ``intercept``
+      ``coefficients`` (float32, (num_classes, num_features)) and ``intercept``
       (float32, (num_classes,)) acting on the raw deep features, so that
       ``softmax(features @ coefficients.T + intercept)`` are the
       probabilities of ``classes``; ``classes``, ``num_classes``,
@@ -182,7 +192,11 @@ class ImageClassifier(Model):
         doc="Fields 'fine_tuned' (false) and 'fine_tune_epochs' (null): version-1 models "
             "have a frozen backbone; Turi Create's create() settings l1_penalty (0), "
             "class_weights (null), feature_rescaling (true) and convergence_threshold "
-            "(null), which version-1 training used.")}
+            "(null), which version-1 training used."),
+        2: VersionStep(
+        state=lambda s: {"pooling": _net.DEFAULT_POOLING, **s},
+        doc="Field 'pooling' ('avg'): version-2 models pool the features by a global "
+            "average, the only pooling before.")}
 
     def __init__(self, state, net, backbone_ready=False):
         self._state = dict(state)
@@ -199,7 +213,7 @@ class ImageClassifier(Model):
         fields["classifier"] = {
             "coefficients": self._w.copy(), "intercept": self._b.copy(),
             "classes": list(self._state["classes"]), "num_classes": len(self._state["classes"]),
-            "num_features": _net.NUM_FEATURES, "solver": "adam",
+            "num_features": self._extractor.num_features, "solver": "adam",
             **{k: fields.get(k) for k in ("l2_penalty", "l1_penalty", "class_weights",
                                          "feature_rescaling", "convergence_threshold",
                                          "max_iterations", "training_iterations")}}
@@ -215,7 +229,7 @@ class ImageClassifier(Model):
     def _from_state(cls, state, weights):
         _check_state(state)
         _check_weights_fit(state, weights)
-        net = _net.build(len(state["classes"]), weights=weights)
+        net = _net.build(len(state["classes"]), weights=weights, pooling=state["pooling"])
         return cls(state, net)
 
     # --- summary ---------------------------------------------------------
@@ -236,6 +250,7 @@ class ImageClassifier(Model):
                                   ("Validation loss", s.get("validation_loss")),
                                   ("Iterations", s.get("training_iterations")),
                                   ("Fine-tuned backbone", s.get("fine_tuned")),
+                                  ("Feature pooling", s.get("pooling")),
                                   ("Feature extraction time (sec)",
                                    s.get("feature_extraction_time")),
                                   ("Training time (sec)", s.get("training_time"))]),
@@ -255,7 +270,8 @@ class ImageClassifier(Model):
         """
         batch_size = V.check_int(batch_size, "batch_size", 1)
         verbose = V.check_bool(verbose, "verbose")
-        deep = _data.deep_features_input(dataset, self._state["feature"], name)
+        deep = _data.deep_features_input(dataset, self._state["feature"], name,
+                                         self._state["pooling"])
         if deep is not None:
             feats, index, single = deep
             return (reduce(feats) if reduce is not None else feats), index, single
@@ -278,7 +294,10 @@ class ImageClassifier(Model):
 
     # --- public API -------------------------------------------------------
     def extract_features(self, dataset, batch_size=64, verbose=False):
-        """The 1280-d EfficientNet-Lite0 embeddings of the images.
+        """The EfficientNet-Lite0 embeddings of the images that the classifier reads.
+
+        1280 values per image (global average pooling), or 11,520 for a model
+        with ``pooling='grid'`` (``model.pooling``).
 
         (``model.feature_extractor.extract_features`` gives them as a Series,
         as Turi Create did.)
@@ -297,8 +316,8 @@ class ImageClassifier(Model):
         Returns
         -------
         numpy.ndarray
-            float32, shape (n, 1280), one row per image in the input's order
-            (shape (1280,) for a single image).
+            float32, shape (n, features), one row per image in the input's order
+            (shape (features,) for a single image).
 
         Examples
         --------
@@ -516,21 +535,22 @@ class ImageClassifier(Model):
 def _check_state(state):
     """Refuse a stored state that cannot describe a model (a damaged or edited file)."""
     check = V.StateCheck(state, "image classifier")
-    check.require("target", "feature", "classes", "model", "input_image_shape")
+    check.require("target", "feature", "classes", "model", "input_image_shape", "pooling")
     check.classes(minimum=2, allow_bool=True).column_names("target", "feature")
     check.one_of("model", _net.MODELS)
+    check.one_of("pooling", _net.POOLINGS)
     check.equals("input_image_shape", [3, _net.IMAGE_SIZE, _net.IMAGE_SIZE])
 
 
 def _check_weights_fit(state, weights):
     """Refuse a class list larger than the stored classifier before allocating for it."""
-    n = len(state["classes"])
+    n, width = len(state["classes"]), _net.num_features(state["pooling"])
     stored = weights.get(_net.CLASSIFIER_WEIGHT)
-    if stored is None or np.shape(stored) != (n, _net.NUM_FEATURES):
+    if stored is None or np.shape(stored) != (n, width):
         raise WeightsMismatchError(
             f"The stored weights do not fit the image classifier described by the file's "
-            f"settings: {n} classes need {_net.CLASSIFIER_WEIGHT} of shape "
-            f"({n}, {_net.NUM_FEATURES}), the file has "
+            f"settings: {n} classes and pooling={state['pooling']!r} need "
+            f"{_net.CLASSIFIER_WEIGHT} of shape ({n}, {width}), the file has "
             f"{None if stored is None else tuple(np.shape(stored))}. The file is damaged or "
             "was edited.")
 
@@ -546,7 +566,7 @@ def _initial_state(settings, data):
         "class_weights": None, "feature_rescaling": settings.feature_rescaling,
         "convergence_threshold": settings.convergence_threshold,
         "batch_size": settings.batch_size, "random_seed": settings.random_seed,
-        "fine_tuned": False, "fine_tune_epochs": None}
+        "fine_tuned": False, "fine_tune_epochs": None, "pooling": _net.DEFAULT_POOLING}
 
 
 # --- create ---------------------------------------------------------------
@@ -558,7 +578,8 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
            lbfgs_memory_level=_data.DEFAULT_LBFGS_MEMORY_LEVEL,
            max_iterations=DEFAULT_MAX_ITERATIONS, class_weights=None, validation_set="auto",
            verbose=True, seed=None, batch_size=64, random_seed=None, checkpoint_path=None,
-           checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None, fine_tune="auto"):
+           checkpoint_every=_checkpoint.DEFAULT_EVERY, resume_from=None, fine_tune="auto",
+           pooling="auto"):
     """Train an image classifier by transfer learning from a pretrained network.
 
     Each image is resized to 224x224 RGB and mapped to a 1280-d vector by
@@ -704,6 +725,17 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
         iteration of the fine-tune path is one epoch; checkpoints and resume
         work as on the frozen path (exactly). In a parameter-server cluster
         ``True`` is refused and ``'auto'`` stays frozen.
+    pooling : {'auto', 'avg', 'grid'}, default 'auto'
+        How the backbone's last 7x7 feature map becomes the classifier's
+        input. ``'avg'``: its global average (1280 values; Turi Create's and
+        Keras' choice, blind to *where* a pattern is). ``'grid'``: averages
+        over a 3x3 grid of overlapping windows (11,520 values), which keeps the
+        layout: measured on 1,000 MNIST digits, 0.93-0.96 accuracy instead of
+        0.88-0.94 (README). ``'auto'``: with 200 to 10,000 images, both are
+        cross-validated on the training images (3 folds, seconds) and the
+        grid is kept when it is at least one point more accurate; otherwise
+        ``'avg'``. ``model.pooling`` says which. Deep features given as input
+        are globally averaged, so they take ``'avg'``.
 
     Devices and clusters: feature extraction and training run on the devices
     of :mod:`toolkit.config`; in a parameter-server cluster each worker
@@ -753,7 +785,7 @@ def create(dataset, target, feature=None, model=_net.DEFAULT_MODEL, l2_penalty=0
                                      l1_penalty=l1_penalty, class_weights=class_weights,
                                      feature_rescaling=feature_rescaling,
                                      convergence_threshold=convergence_threshold,
-                                     fine_tune=fine_tune)
+                                     fine_tune=fine_tune, pooling=pooling)
     _data.check_solver_options(solver, step_size, lbfgs_memory_level)
     checkpoint_path, resume, random_seed = _checkpoint.start(
         ImageClassifier._TASK, checkpoint_path, checkpoint_every, resume_from,

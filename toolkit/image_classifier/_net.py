@@ -1,15 +1,16 @@
 """The image classifier's prediction network and the names of its stored weights.
 
 ``ImageClassifierNet`` = EfficientNet-Lite0 backbone (frozen, ImageNet
-weights; :mod:`toolkit.pretrained`) -> 1280-d pooled features -> dense layer
-(``num_classes``) -> softmax. Its weights, under structural names, are what a
+weights; :mod:`toolkit.pretrained`) -> pooled features (the model's
+``pooling``: 1280-d global average, or 11,520-d over a 3x3 grid, see
+:data:`POOLINGS`) -> dense layer (``num_classes``) -> softmax. Its weights, under structural names, are what a
 model file stores:
 
 * ``backbone.*`` (:data:`BACKBONE_PREFIX`): the backbone
   (``backbone.stem.conv.weight``, ``backbone.blocks.3.depthwise.bn.running_var``,
   ... see :mod:`toolkit.pretrained._efficientnet`), stored so that a saved
   model predicts without the weights package;
-* ``classifier.weight`` (num_classes, 1280) and ``classifier.bias``
+* ``classifier.weight`` (num_classes, :func:`num_features`) and ``classifier.bias``
   (num_classes) (:data:`CLASSIFIER_WEIGHT`, :data:`CLASSIFIER_BIAS`): the
   trained softmax regression, acting on the raw features (the feature
   standardisation used in training is folded in).
@@ -30,6 +31,17 @@ from ..pretrained import _efficientnet
 MODELS = ("efficientnet-lite0",)
 DEFAULT_MODEL = "efficientnet-lite0"
 NUM_FEATURES = _efficientnet.NUM_FEATURES
+#: The poolings a model can have (``create(pooling=...)`` also takes 'auto');
+#: see :data:`toolkit.pretrained._efficientnet.POOLINGS`.
+POOLINGS = ("avg", "grid")
+DEFAULT_POOLING = "avg"
+
+
+def num_features(pooling=DEFAULT_POOLING):
+    """Features the classifier reads for ``pooling`` (1280 or 11,520)."""
+    return _efficientnet.num_features(pooling)
+
+
 IMAGE_SIZE = _efficientnet.IMAGE_SIZE
 INPUT_SCALE = _efficientnet.INPUT_SCALE
 INPUT_BIAS = _efficientnet.INPUT_BIAS
@@ -70,14 +82,27 @@ def _net_class():
     return _CLASS
 
 
-def build_backbone(weights=None, ctx=None):
+def build_backbone(weights=None, ctx=None, pooling=DEFAULT_POOLING):
     """The EfficientNet-Lite0 feature extractor (``weights``: the pretrained arrays)."""
-    return _efficientnet.build(include_top=False, weights=weights, ctx=ctx, prefix="backbone_")
+    return _efficientnet.build(include_top=False, weights=weights, ctx=ctx, prefix="backbone_",
+                               pooling=pooling)
 
 
-def build_classifier(num_classes, weight=None, bias=None, ctx=None):
-    """A fresh dense layer 1280 -> num_classes, optionally with given weights."""
-    dense = mx().gluon.nn.Dense(num_classes, in_units=NUM_FEATURES, prefix="classifier_")
+def set_pooling(backbone, pooling):
+    """Switch a backbone's pooling (its compiled graph, if any, is dropped: prepare it again)."""
+    if backbone.pooling != pooling:
+        backbone.pooling = pooling
+        backbone._clear_cached_op()
+
+
+def build_classifier(num_classes, weight=None, bias=None, ctx=None, features=None):
+    """A fresh dense layer ``features`` -> num_classes, optionally with given weights.
+
+    ``features``: the input size; by default the width of ``weight``, else 1280.
+    """
+    if features is None:
+        features = np.shape(weight)[1] if weight is not None else NUM_FEATURES
+    dense = mx().gluon.nn.Dense(num_classes, in_units=features, prefix="classifier_")
     dense.initialize(mx().init.Zero(), ctx=ctx or mx().cpu())
     if weight is not None:
         set_weights(dense, {"weight": np.asarray(weight, np.float32),
@@ -85,17 +110,19 @@ def build_classifier(num_classes, weight=None, bias=None, ctx=None):
     return dense
 
 
-def build(num_classes, weights=None, backbone=None, classifier=None, ctx=None):
+def build(num_classes, weights=None, backbone=None, classifier=None, ctx=None,
+          pooling=DEFAULT_POOLING):
     """Return an ``ImageClassifierNet``.
 
-    Either pass ``weights`` (all structural names, e.g. from a model file) to
-    rebuild every part fresh, or pass ready ``backbone`` and ``classifier``
-    blocks (as ``create`` does).
+    Either pass ``weights`` (all structural names, e.g. from a model file) and
+    ``pooling`` to rebuild every part fresh, or pass ready ``backbone`` and
+    ``classifier`` blocks (as ``create`` does).
     """
     if backbone is None:
-        backbone = build_backbone(ctx=ctx)
+        backbone = build_backbone(ctx=ctx, pooling=pooling)
     if classifier is None:
-        classifier = build_classifier(num_classes, ctx=ctx)
+        classifier = build_classifier(num_classes, ctx=ctx,
+                                      features=num_features(backbone.pooling))
     net = _net_class()(backbone, classifier, prefix="image_classifier_")
     if weights is not None:
         set_weights(net, weights, what="image classifier")
@@ -164,10 +191,12 @@ def _split_classes():
                 return x
 
         class Tail(gluon.HybridBlock):
-            """blocks[cut:] -> head -> global average pool: the trained part (1280 features)."""
+            """blocks[cut:] -> head -> pooling: the trained part (the backbone's pooling)."""
 
             def __init__(self, backbone, cut, **kwargs):
                 super().__init__(**kwargs)
+                # In a list: a Block attribute would register the whole backbone as a child.
+                self._backbone = [backbone]
                 self._parts = list(backbone.blocks)[cut:] + [backbone.head]
                 for i, part in enumerate(self._parts):
                     self.register_child(part, f"_p{i}")
@@ -175,7 +204,7 @@ def _split_classes():
             def hybrid_forward(self, F, x):
                 for part in self._parts:
                     x = part(x)
-                return F.mean(x, axis=(2, 3))
+                return _efficientnet.pool(F, x, self._backbone[0].pooling)
 
         _SPLIT_CLASSES = (Front, Tail)
     return _SPLIT_CLASSES
@@ -185,8 +214,8 @@ def split_backbone(backbone, blocks):
     """``(front, tail, cut)``: blocks sharing ``backbone``'s parameters, for fine-tuning.
 
     ``front`` maps a (N, 3, 224, 224) input to block ``cut - 1``'s output
-    (``cut = NUM_BLOCKS - blocks``); ``tail`` maps that to the 1280 pooled
-    features. ``backbone`` must be a fresh (not hybridized) one, used for training only.
+    (``cut = NUM_BLOCKS - blocks``); ``tail`` maps that to the pooled
+    features (``backbone.pooling``, read at each hybridization). ``backbone`` must be a fresh (not hybridized) one, used for training only.
 
     The tail's BatchNorm layers are switched to ``use_global_stats``: mxnet's
     BatchNorm backward otherwise differentiates through *batch* statistics even

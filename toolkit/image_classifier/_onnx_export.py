@@ -16,7 +16,8 @@ backbone           EfficientNet-Lite0: per convolution one ``Conv`` with the   (
                    (asymmetric for stride 2) TF "same" ``pads``, ``Clip``
                    0..6 for ReLU6, ``Add`` for the residuals
 pool               ``GlobalAveragePool``, ``Flatten``                          (B, 1280)
-classifier         ``Gemm`` 1280 -> C                                          (B, C)
+                   (``pooling='grid'``: ``AveragePool`` 3x3 stride 2, ``Flatten``  (B, 11520)
+classifier         ``Gemm`` features -> C                                      (B, C)
 softmax            ``Softmax`` axis 1 -> ``<target>Probability``               (B, C)
 label              ``ArgMax`` -> ``<target>Index`` (int64), ``Gather`` of the  (B,)
                    class labels -> ``<target>`` (str, or int64 for int labels)
@@ -31,7 +32,7 @@ import numpy as np
 from .. import _onnx
 from .._mx import get_weights
 from ..errors import ExportError
-from ..pretrained import _onnx_writer
+from ..pretrained import _efficientnet, _onnx_writer
 from . import _net
 from ._export import TASK_TITLE
 
@@ -144,7 +145,11 @@ def export_onnx(model, path):
                 "photo to fill, bilinear; EXIF orientation applied, alpha dropped)")
     head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
                                           prefix=_net.BACKBONE_PREFIX)
-    y = g.node("GlobalAveragePool", [head], ["/pool/out"])
+    if s["pooling"] == "grid":
+        k, st = _efficientnet.GRID_KERNEL, _efficientnet.GRID_STRIDE
+        y = g.node("AveragePool", [head], ["/pool/out"], kernel_shape=[k, k], strides=[st, st])
+    else:
+        y = g.node("GlobalAveragePool", [head], ["/pool/out"])
     y = g.node("Flatten", [y], ["/pool/flat"], axis=1)
     y = g.node("Gemm", [y, g.initializer("/classifier/W", w[_net.CLASSIFIER_WEIGHT]),
                         g.initializer("/classifier/B", w[_net.CLASSIFIER_BIAS])],

@@ -80,9 +80,19 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
     the training log, ``num_validation_examples`` and ``feature_extraction_time``.
     """
     verbose = settings.verbose
+    trial = pooling_trial(settings, data, resume)
+    if trial != backbone.pooling:
+        _net.set_pooling(backbone, trial)
+        _efficientnet_prepare(backbone, settings.batch_size, len(data.values))
     feats = training_features(backbone, data, settings, ctxs, cluster)
     class_weights = _data.resolve_class_weights(settings.class_weights, data.classes,
                                                 feats.train_ids)
+    pooling, train_x, valid_x = choose_pooling(trial, feats.train, feats.train_ids, feats.valid,
+                                               settings, len(data.classes), class_weights)
+    feats = feats._replace(train=train_x, valid=valid_x)
+    if pooling != backbone.pooling:
+        _net.set_pooling(backbone, pooling)
+        _efficientnet_prepare(backbone, settings.batch_size, len(data.values))
     run_config = {"target": settings.target, "feature": settings.feature,
                   "classes": data.classes, "model": settings.model,
                   "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
@@ -95,7 +105,8 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
                                ("class_weights", class_weights, None),
                                ("feature_rescaling", settings.feature_rescaling, True),
                                ("convergence_threshold", settings.convergence_threshold, None),
-                               ("input_kind", settings.input_kind, _data.IMAGES)):
+                               ("input_kind", settings.input_kind, _data.IMAGES),
+                               ("pooling", pooling, _net.DEFAULT_POOLING)):
         if value != before:
             run_config[key] = value
     data_fingerprint = None
@@ -107,6 +118,7 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
     if resume is not None:
         resume.check_compatible(run_config, data_fingerprint)
     if snapshots is not None:
+        snapshots.state.update(pooling=pooling, num_features=_net.num_features(pooling))
         snapshots.begin(run_config, data_fingerprint, _net.backbone_weights(backbone, ctxs[0]))
     say("Training the classifier...", verbose)
     weight, bias, log = fit_classifier(feats.train, feats.train_ids, feats.valid,
@@ -117,6 +129,7 @@ def train_frozen(backbone, data, settings, ctxs, cluster, snapshots=None, resume
                                        feature_rescaling=settings.feature_rescaling,
                                        convergence_threshold=settings.convergence_threshold)
     log["class_weights"] = class_weights
+    log["pooling"], log["num_features"] = pooling, _net.num_features(pooling)
     log["num_validation_examples"] = int(0 if feats.valid is None else len(feats.valid))
     log["feature_extraction_time"] = round(feats.seconds, 3)
     return weight, bias, log
@@ -172,7 +185,7 @@ def gather_features(backbone, values, column, index, batch_size, verbose, ctxs, 
     rows = np.arange(cluster.rank, n, cluster.num_workers)
     mine = _data.extract(backbone, values[rows], column, index[rows], batch_size,
                          verbose, ctxs=ctxs)
-    full = np.zeros((n, _net.NUM_FEATURES), np.float32)
+    full = np.zeros((n, _net.num_features(backbone.pooling)), np.float32)
     full[rows] = mine
     key = _GATHER_KEY
     cluster.kvstore.init(key, nd.zeros(full.shape))
@@ -180,6 +193,79 @@ def gather_features(backbone, values, column, index, batch_size, verbose, ctxs, 
     out = nd.zeros(full.shape)
     cluster.kvstore.pull(key, out=out)
     return out.asnumpy()
+
+
+#: ``pooling='auto'`` tries the grid only with at least this many training images (below,
+#: cross-validation cannot tell the two apart reliably) and at most this many images in
+#: all (the two feature sets take 51 KB per image while they are compared).
+POOLING_AUTO_MIN_TRAIN = 200
+POOLING_AUTO_MAX_IMAGES = 10000
+#: Folds of the comparison, and the most training rows it uses (a random subset beyond).
+POOLING_FOLDS = 3
+POOLING_CV_ROWS = 3000
+#: The grid is chosen when its cross-validated accuracy is higher by at least this much:
+#: it has 9x the classifier's weights and gives up the average's translation invariance.
+POOLING_MARGIN = 0.01
+
+
+def pooling_trial(settings, data, resume=None):
+    """The pooling to extract features with: the user's, or for ``'auto'`` either the
+    checkpoint's (when resuming), ``'avg'`` (deep features, fewer than
+    :data:`POOLING_AUTO_MIN_TRAIN` training or more than
+    :data:`POOLING_AUTO_MAX_IMAGES` images) or ``'avg+grid'``, which
+    :func:`choose_pooling` then decides between."""
+    if settings.pooling != "auto":
+        return settings.pooling
+    if resume is not None:
+        return resume.config.get("pooling", _net.DEFAULT_POOLING)
+    n_train = len(data.train_rows)
+    if settings.input_kind == _data.DEEP_FEATURES:
+        return _net.DEFAULT_POOLING
+    if n_train < POOLING_AUTO_MIN_TRAIN or len(data.values) > POOLING_AUTO_MAX_IMAGES:
+        say(f"pooling='auto': global average ({n_train} training images; the grid is tried "
+            f"from {POOLING_AUTO_MIN_TRAIN} to {POOLING_AUTO_MAX_IMAGES} images). Pass "
+            "pooling='grid' to use it anyway.", settings.verbose)
+        return _net.DEFAULT_POOLING
+    return "avg+grid"
+
+
+def choose_pooling(trial, train, train_ids, valid, settings, num_classes, class_weights=None):
+    """``(pooling, train, valid)``: the pooling and the features of its columns.
+
+    For ``trial == 'avg+grid'`` (both feature sets side by side) the
+    classifier is cross-validated on each (:data:`POOLING_FOLDS` folds of at most
+    :data:`POOLING_CV_ROWS` training rows, drawn from the run's seed, with the
+    run's settings) and the grid is kept when it is more accurate by at least
+    :data:`POOLING_MARGIN`. Validation images are not used: they judge the
+    fine-tune path afterwards. Deterministic, so cluster workers agree.
+    """
+    if trial != "avg+grid":
+        return trial, train, valid
+    split = _net.num_features("avg")
+    rng = np.random.RandomState([settings.random_seed, 2])
+    rows = rng.permutation(len(train))[:POOLING_CV_ROWS]
+    folds = np.array_split(rows, POOLING_FOLDS)
+    correct = {"avg": 0, "grid": 0}
+    say(f"pooling='auto': comparing global-average and grid features ({POOLING_FOLDS}-fold "
+        f"cross-validation on {len(rows)} training images)...", settings.verbose)
+    for k, test in enumerate(folds):
+        fit_rows = np.concatenate([f for j, f in enumerate(folds) if j != k])
+        for name, cols in (("avg", slice(None, split)), ("grid", slice(split, None))):
+            w, b, _ = fit_classifier(train[fit_rows, cols], train_ids[fit_rows], None, None,
+                                     num_classes, settings.l2_penalty, settings.max_iterations,
+                                     False, l1_penalty=settings.l1_penalty,
+                                     class_weights=class_weights,
+                                     feature_rescaling=settings.feature_rescaling,
+                                     convergence_threshold=settings.convergence_threshold)
+            pred = (train[test, cols] @ w.T + b).argmax(axis=1)
+            correct[name] += int((pred == train_ids[test]).sum())
+    acc = {k: v / max(1, len(rows)) for k, v in correct.items()}
+    pooling = "grid" if acc["grid"] >= acc["avg"] + POOLING_MARGIN else "avg"
+    say(f"pooling='auto': {pooling!r} (cross-validated accuracy: global average "
+        f"{acc['avg']:.4f}, grid {acc['grid']:.4f}).", settings.verbose)
+    cols = slice(None, split) if pooling == "avg" else slice(split, None)
+    return (pooling, np.ascontiguousarray(train[:, cols]),
+            None if valid is None else np.ascontiguousarray(valid[:, cols]))
 
 
 def validation_config(validation_set, valid_feats, valid_ids):
@@ -443,7 +529,7 @@ def _tail_features(tail, maps, ctx):
     nd = mx().nd
     out = [tail(nd.array(maps[s:s + _TAIL_CHUNK], ctx=ctx)).asnumpy()
            for s in range(0, len(maps), _TAIL_CHUNK)]
-    return np.concatenate(out) if out else np.zeros((0, _net.NUM_FEATURES), np.float32)
+    return np.concatenate(out)      # never empty: every run has training images
 
 
 def _accuracy(net, maps, labels, ctx):
@@ -479,14 +565,15 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
     """
     from .._mx import get_weights, set_weights
     verbose, opts, ctx0 = settings.verbose, settings.fine_tune, ctxs[0]
-    fresh = _net.build_backbone(weights=get_weights(backbone, ctx0))
+    trial = pooling_trial(settings, data, resume)
+    fresh = _net.build_backbone(weights=get_weights(backbone, ctx0), pooling=trial)
     if config.off_default(ctxs):
         fresh.collect_params().reset_ctx(ctxs)
     front, tail, cut = _net.split_backbone(fresh, opts.blocks)
     epochs = _finetune_epochs(opts, resume, len(data.train_rows))
     opts = opts._replace(epochs=epochs)
 
-    # 1. The frozen front's activations, once.
+    # 1. The frozen front's activations, once; the pooling ('auto': compared on them).
     say(f"Running the frozen part of {settings.model} (up to block {cut}) over "
         f"{len(data.values)} images on {config.describe(ctxs, cluster)}...", verbose)
     t_start = time.perf_counter()
@@ -495,13 +582,18 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
     feats = _tail_features(tail, maps.train, ctx0)
     valid_feats = None if maps.valid is None else _tail_features(tail, maps.valid, ctx0)
     seconds = time.perf_counter() - t_start
+    pooling, feats, valid_feats = choose_pooling(trial, feats, maps.train_ids, valid_feats,
+                                                 settings, len(data.classes))
+    _net.set_pooling(fresh, pooling)
+    tail._clear_cached_op()
 
     # 2. The frozen classifier: warm start and the baseline of 'auto'.
     say("Training the classifier on the frozen features (warm start)...", verbose)
     w0, b0, frozen_log = fit_classifier(feats, maps.train_ids, valid_feats, maps.valid_ids,
                                         len(data.classes), settings.l2_penalty,
                                         settings.max_iterations, verbose)
-    run_config = _finetune_config(settings, data, opts, valid_feats, maps.valid_ids)
+    frozen_log.update(pooling=pooling, num_features=_net.num_features(pooling))
+    run_config = _finetune_config(settings, data, opts, valid_feats, maps.valid_ids, pooling)
     data_fingerprint = None
     if snapshots is not None or resume is not None:
         data_fingerprint = _checkpoint.fingerprint(np.round(feats, 3), maps.train_ids,
@@ -522,7 +614,8 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
     if resume is not None:
         rng, first = _finetune_restore(resume, fresh, dense, run, verbose)
     if snapshots is not None:
-        snapshots.state.update(fine_tuned=True, fine_tune_epochs=epochs)
+        snapshots.state.update(fine_tuned=True, fine_tune_epochs=epochs, pooling=pooling,
+                               num_features=_net.num_features(pooling))
         snapshots.begin(run_config, data_fingerprint, {})
 
     def contents():
@@ -553,10 +646,12 @@ def train_finetune(backbone, data, settings, ctxs, cluster, snapshots=None, resu
 
     # 4. Keep or drop the fine-tuned weights.
     results = _finetune_results(net, maps, frozen_log, seconds, epochs, ctx0)
+    _net.set_pooling(backbone, pooling)
     if not _keep_finetuned(settings, results, frozen_log, maps):
         frozen_log.update(num_validation_examples=results["num_validation_examples"],
                           feature_extraction_time=results["feature_extraction_time"],
                           fine_tuned=False, fine_tune_epochs=int(epochs))
+        _efficientnet_prepare(backbone, settings.batch_size, len(data.values))
         return w0, b0, frozen_log
     set_weights(backbone, get_weights(fresh, ctx0), what="fine-tuned backbone")
     # The backbone's compiled graph was built for the old weights: build it again.
@@ -593,9 +688,10 @@ def _front_activations(front, data, settings, ctxs):
     return _Maps(maps[data.train_rows], data.label_ids[data.train_rows], valid_maps, valid_ids)
 
 
-def _finetune_config(settings, data, opts, valid_feats, valid_ids):
+def _finetune_config(settings, data, opts, valid_feats, valid_ids, pooling):
     """The settings a resumed fine-tune run must share with its checkpoint."""
-    return {"target": settings.target, "feature": settings.feature,
+    config_ = {} if pooling == _net.DEFAULT_POOLING else {"pooling": pooling}
+    return {**config_, "target": settings.target, "feature": settings.feature,
             "classes": data.classes, "model": settings.model,
             "l2_penalty": settings.l2_penalty, "max_iterations": settings.max_iterations,
             "random_seed": settings.random_seed, "training_path": "fine_tune",
@@ -659,7 +755,8 @@ def _finetune_results(net, maps, frozen_log, seconds, epochs, ctx0):
                "validation_accuracy": None, "validation_loss": None,
                "num_validation_examples": int(0 if maps.valid is None else len(maps.valid)),
                "feature_extraction_time": round(seconds, 3),
-               "fine_tuned": True, "fine_tune_epochs": int(epochs)}
+               "fine_tuned": True, "fine_tune_epochs": int(epochs),
+               "pooling": frozen_log["pooling"], "num_features": frozen_log["num_features"]}
     if maps.valid is not None:
         vacc, vloss = _accuracy(net, maps.valid, maps.valid_ids, ctx0)
         results.update(validation_accuracy=round(vacc, 6), validation_loss=round(vloss, 6))
