@@ -77,6 +77,156 @@ def test_classify_and_topk(tiny_model, watch_small):
     assert {"prediction_id", "session_id", "class", "probability"} <= set(window_top.columns)
 
 
+# --- predict's outputs against the network run on plainly cut chunks ---------------------
+
+def _reference(model, frame):
+    """Per-row and per-window probabilities computed the plain way: each session's rows
+    (time order) standardised, zero-padded to whole chunks and run through the prediction
+    network in one batch. Returns (per-row probs in frame order, per-window probs,
+    session id of each window)."""
+    from toolkit._mx import mx
+    from toolkit.activity_classifier import _net
+    pw, T = model.prediction_window, 20
+    mean = np.asarray(model.feature_mean, np.float32)
+    std = np.asarray(model.feature_std, np.float32)
+    chunks, owners = [], []
+    for sid, rows in frame.groupby("session_id", sort=False).groups.items():
+        values = (frame.loc[rows, WATCH_FEATURES].to_numpy(np.float32) - mean) / std
+        n_chunks = -(-len(values) // (T * pw))
+        padded = np.zeros((n_chunks * T * pw, values.shape[1]), np.float32)
+        padded[:len(values)] = values
+        chunks.append(padded.reshape(n_chunks, T * pw, -1))
+        owners.append((sid, rows, len(values)))
+    data = np.concatenate(chunks)
+    h, c = _net.zero_states(len(data))
+    probs = model._pred(mx().nd.array(data), h, c)[0].asnumpy().reshape(-1, len(model.classes))
+    per_row = pd.DataFrame(index=frame.index, columns=range(probs.shape[1]), dtype=np.float32)
+    windows, window_sessions, first = [], [], 0
+    for (sid, rows, n), block in zip(owners, chunks):
+        k = np.arange(n) // pw
+        per_row.loc[rows] = probs[first + k]
+        n_windows = -(-n // pw)
+        windows.append(probs[first:first + n_windows])
+        window_sessions += [sid] * n_windows
+        first += len(block) * T
+    return per_row.to_numpy(np.float32), np.concatenate(windows), window_sessions
+
+
+
+def _interleaved(frame, ids=None):
+    """Rows of the sessions interleaved at random (each session keeps its time order),
+    under a shuffled index."""
+    rng = np.random.RandomState(3)
+    sessions = frame["session_id"].to_numpy()
+    slots = sessions[rng.permutation(len(frame))]     # the session of each output position
+    picked = np.empty(len(frame), np.int64)
+    for sid in np.unique(sessions):
+        picked[slots == sid] = np.flatnonzero(sessions == sid)
+    out = frame.iloc[picked].copy()
+    out.index = rng.permutation(len(out)) * 7
+    if ids is not None:
+        out["session_id"] = out["session_id"].map(ids)
+    return out
+
+
+def _returning_session(frame):
+    """Grouped rows, except that the first session's second half comes after the others."""
+    first = frame["session_id"] == frame["session_id"].iloc[0]
+    head = frame[first].iloc[:first.sum() // 2]
+    return pd.concat([head, frame[~first], frame[first].iloc[first.sum() // 2:]])
+
+
+@pytest.mark.parametrize("make", [
+    lambda f: f,                                                  # grouped, int ids
+    lambda f: _interleaved(f),                                    # shuffled, int ids
+    lambda f: _interleaved(f, lambda s: f"s{s}"),                 # shuffled, str ids
+    lambda f: _interleaved(f, lambda s: s + 0.5),                 # shuffled, float ids
+    _returning_session,                                           # a session comes back
+], ids=["grouped", "shuffled", "shuffled-str", "shuffled-float", "session-returns"])
+def test_every_output_equals_the_network_on_plain_chunks(tiny_model, watch_small, make):
+    """predict (per row, per window, class and probabilities), classify, predict_topk and
+    evaluate give what the network gives on each session's rows cut into chunks the
+    plain way, however the rows are ordered."""
+    frame = make(watch_small)
+    per_row, windows, window_sessions = _reference(tiny_model, frame)
+    classes = np.asarray(tiny_model.classes, dtype=object)
+    m = tiny_model
+
+    got = m.predict(frame, output_type="probability_vector")
+    assert (got.index == frame.index).all()
+    assert np.abs(np.stack(got) - per_row).max() <= 1e-6
+    assert (m.predict(frame).to_numpy() == classes[per_row.argmax(1)]).all()
+
+    win = m.predict(frame, output_type="probability_vector", output_frequency="per_window")
+    assert np.abs(np.stack(win["probability_vector"]) - windows).max() <= 1e-6
+    assert list(win["session_id"]) == window_sessions
+    win_class = m.predict(frame, output_frequency="per_window")
+    assert (win_class["class"].to_numpy() == classes[windows.argmax(1)]).all()
+
+    cl = m.classify(frame)
+    assert (cl["class"].to_numpy() == classes[per_row.argmax(1)]).all()
+    assert np.abs(cl["probability"].to_numpy() - per_row.max(1)).max() <= 1e-6
+    cl_win = m.classify(frame, output_frequency="per_window")
+    assert np.abs(cl_win["probability"].to_numpy() - windows.max(1)).max() <= 1e-6
+
+    top = m.predict_topk(frame, k=2)
+    best = np.sort(per_row, axis=1)[:, ::-1][:, :2]
+    assert np.abs(top["probability"].to_numpy().reshape(-1, 2) - best).max() <= 1e-6
+    top_win = m.predict_topk(frame, k=2, output_frequency="per_window", output_type="rank")
+    assert (top_win["class"].to_numpy()[::2] == classes[windows.argmax(1)]).all()
+
+    r = m.evaluate(frame, metric=["accuracy", "log_loss"])
+    labels = frame["exercise"].to_numpy()
+    assert r["accuracy"] == pytest.approx((classes[per_row.argmax(1)] == labels).mean())
+
+
+def test_chunks_of_unsorted_rows_equal_chunks_of_sorted_rows():
+    """chunk_rows (rows scattered straight into chunks) cuts exactly what chunk cuts from
+    the rows sorted by session, and says where each input row went."""
+    from toolkit.activity_classifier import _data
+    rng = np.random.RandomState(0)
+    for ids, pw in [(np.repeat([5, 2, 9], [1, 300, 41]), 7),          # grouped
+                    (rng.randint(0, 6, 500), 10),                       # interleaved
+                    (np.array(["b", "a", "b"]), 1), (np.array([1.5]), 400)]:
+        values = rng.standard_normal((len(ids), 3)).astype(np.float32)
+        sessions = _data.Sessions(ids)
+        plain = _data.chunk(values[sessions.order], sessions, pw)
+        fast = _data.chunk_rows(values, sessions, pw)
+        for key in ("data", "weights", "session", "first_window"):
+            np.testing.assert_array_equal(fast[key], plain[key], err_msg=key)
+            assert fast[key].dtype == plain[key].dtype, key
+        np.testing.assert_array_equal(fast["data"].reshape(-1, 3)[fast["rows"]], values)
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([3, 3, 1, 1, 1, 2], np.int32),         # grouped numbers: runs of equal ids
+    np.array([3, 1, 3, 2], np.uint8),               # a number comes back: hashed
+    np.array([0.5, 0.5, -1.0]),
+    np.array(["x", "y", "y", "x"], dtype=object),
+    np.array(["x", "x", "y"], dtype=object),
+])
+def test_sessions_are_in_first_appearance_order(ids):
+    from toolkit.activity_classifier import _data
+    s = _data.Sessions(ids)
+    codes, uniques = pd.factorize(pd.Series(ids), sort=False)
+    np.testing.assert_array_equal(s.ids, np.asarray(uniques))
+    assert s.ids.dtype == np.asarray(uniques).dtype
+    np.testing.assert_array_equal(s.order, np.argsort(codes, kind="stable"))
+    np.testing.assert_array_equal(s.lengths, np.bincount(codes))
+    np.testing.assert_array_equal(s.starts, np.cumsum(np.bincount(codes)) - np.bincount(codes))
+    assert s.grouped == bool((np.diff(codes) >= 0).all())
+
+
+@pytest.mark.parametrize("n", [0, 1, 8191, 8192, 20000])
+def test_standardise_is_the_plain_float32_arithmetic(n):
+    from toolkit.activity_classifier import _data
+    values = np.random.RandomState(n).standard_normal((n, 5)).astype(np.float32) * 9 + 4
+    mean, std = [4.1, -2, 0, 1e3, 3.3], [9.2, 1, 0.5, 7, 1e-3]
+    expected = (values - np.float32(mean)) / np.float32(std)
+    np.testing.assert_array_equal(_data.standardise(values, mean, std), expected)
+    np.testing.assert_array_equal(values, expected)      # in place
+
+
 def test_session_shorter_than_a_window_still_predicts(tiny_model, watch_small):
     short = watch_small[watch_small["session_id"] == watch_small["session_id"].iloc[0]].head(7)
     out = tiny_model.predict(short)

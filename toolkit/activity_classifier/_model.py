@@ -174,61 +174,66 @@ class ActivityClassifier(Model):
         return sections
 
     # --- data -----------------------------------------------------------
-    def _prepare(self, dataset, name="dataset", need_target=False):
+    def _read(self, dataset, name="dataset", need_target=False):
+        """Standardised float32 features in input row order, and the Sessions."""
         s = self._state
         V.check_dataframe(dataset, name)
         cols = [s["session_id"]] + s["features"] + ([s["target"]] if need_target else [])
         V.check_columns_exist(dataset, cols, "the model's columns", name)
         values = V.numeric_features(dataset, s["features"], name)
         sessions = _data.Sessions(V.check_session_ids(dataset, s["session_id"], name))
-        values = values[sessions.order]
-        # In place: the same float32 arithmetic as (v - mean) / std, no temporaries.
-        values -= np.asarray(s["feature_mean"], np.float32)
-        values /= np.asarray(s["feature_std"], np.float32)
+        # In place on numeric_features' own array: no temporaries.
+        _data.standardise(values, s["feature_mean"], s["feature_std"])
         return values, sessions
 
-    def _window_probs(self, values, sessions):
-        """Probabilities (n_chunks, 20, C) and the chunk table for sorted rows."""
-        ch = _data.chunk(values, sessions, self._state["prediction_window"])
+    def _prepare(self, dataset, name="dataset", need_target=False):
+        """Standardised float32 features in ``sessions`` order, and the Sessions."""
+        values, sessions = self._read(dataset, name, need_target)
+        if not sessions.grouped:
+            values = values[sessions.order]
+        return values, sessions
+
+    def _network(self, data):
+        """The prediction network's probabilities (n_chunks, 20, C) of chunk data."""
         nd = mx().nd
         out = []
-        for i in range(0, len(ch["data"]), _PREDICT_BATCH):
-            x = nd.array(ch["data"][i:i + _PREDICT_BATCH])
+        for i in range(0, len(data), _PREDICT_BATCH):
+            # Zero-copy: mxnet reads the chunks in place (and marks them read-only).
+            x = nd.from_numpy(np.ascontiguousarray(data[i:i + _PREDICT_BATCH], np.float32))
             h, c = _net.zero_states(x.shape[0])
             probs, _, _ = self._pred(x, h, c)
             out.append(probs.asnumpy())
-        probs = np.concatenate(out) if out else np.zeros((0, WINDOWS_PER_CHUNK,
-                                                          len(self._state["classes"])))
-        return probs, ch
+        if not out:
+            return np.zeros((0, WINDOWS_PER_CHUNK, len(self._state["classes"])))
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _input_probs(self, dataset, name="dataset"):
+        """``(probabilities (n_chunks, 20, C), chunk table, Sessions)`` of a DataFrame.
+
+        The rows are scattered straight into the chunks (no sorted copy of the
+        features); the table's ``rows`` maps each input row to its window.
+        """
+        values, sessions = self._read(dataset, name)
+        ch = _data.chunk_rows(values, sessions, self._state["prediction_window"])
+        del values
+        probs = self._network(ch["data"])
+        del ch["data"]
+        return probs, ch, sessions
+
+    def _row_windows(self, ch):
+        """The window of each input row, in ``probs.reshape(-1, C)`` order."""
+        return ch["rows"] // self._state["prediction_window"]
 
     def _per_row_probs(self, dataset, name="dataset"):
-        values, sessions = self._prepare(dataset, name)
-        sorted_probs, info = self._sorted_row_probs(values, sessions)
-        per_row = np.empty_like(sorted_probs)
-        per_row[sessions.order] = sorted_probs
-        return per_row, info
-
-    def _per_row(self, window_values, sessions):
-        """``window_values`` (n_chunks, 20, ...) spread to the input rows (input order)."""
-        sorted_values = window_values[self._row_slots(sessions)]
-        per_row = np.empty_like(sorted_values)
-        per_row[sessions.order] = sorted_values
-        return per_row
-
-    def _row_slots(self, sessions):
-        """(chunk, window within the chunk) of each row in ``sessions`` order."""
-        n_windows = -(-sessions.lengths // self._state["prediction_window"])
-        first_chunk = np.concatenate([[0], np.cumsum(-(-n_windows // WINDOWS_PER_CHUNK))[:-1]])
-        srow, wrow = _data.window_of_rows(sessions, self._state["prediction_window"])
-        chunk_id = first_chunk[srow] + wrow // WINDOWS_PER_CHUNK
-        return chunk_id, wrow % WINDOWS_PER_CHUNK
+        probs, ch, sessions = self._input_probs(dataset, name)
+        per_row = probs.reshape(-1, probs.shape[2])[self._row_windows(ch)]
+        return per_row, (probs, ch, sessions)
 
     def _sorted_row_probs(self, values, sessions):
         """Per-row probabilities of standardised rows in ``sessions`` order."""
-        probs, ch = self._window_probs(values, sessions)
-        sorted_probs = probs[self._row_slots(sessions)]
-        n_windows = -(-sessions.lengths // self._state["prediction_window"])
-        return sorted_probs, (probs, ch, sessions, n_windows)
+        pw = self._state["prediction_window"]
+        probs = self._network(_data.chunk(values, sessions, pw)["data"])
+        return probs.reshape(-1, probs.shape[2])[_data.sorted_slots(sessions, pw) // pw]
 
     def _check_output_args(self, output_frequency, output_type=None, types=()):
         V.check_choice(output_frequency, "output_frequency", ("per_row", "per_window"))
@@ -237,7 +242,7 @@ class ActivityClassifier(Model):
 
     def _per_window_frame(self, dataset, probs_info):
         import pandas as pd
-        probs, ch, sessions, n_windows = probs_info
+        probs, ch, sessions = probs_info
         keep = ch["weights"] > 0
         flat = probs[keep]
         sess = np.repeat(ch["session"], WINDOWS_PER_CHUNK).reshape(keep.shape)[keep]
@@ -279,18 +284,17 @@ class ActivityClassifier(Model):
         """
         import pandas as pd
         self._check_output_args(output_frequency, output_type, ("class", "probability_vector"))
-        values, sessions = self._prepare(dataset)
-        probs, ch = self._window_probs(values, sessions)
-        del values
+        probs, ch, sessions = self._input_probs(dataset)
         classes = np.asarray(self._state["classes"], dtype=object)
         if output_frequency == "per_row":
+            windows = self._row_windows(ch)
             if output_type == "class":
                 # argmax once per window, then the class id spread to the rows.
-                ids = self._per_row(probs.argmax(axis=2), sessions)
+                ids = probs.argmax(axis=2).reshape(-1)[windows]
                 return pd.Series(classes[ids], index=dataset.index, name="class")
-            return pd.Series(list(self._per_row(probs, sessions)), index=dataset.index,
-                             name="probability_vector")
-        frame, flat = self._per_window_frame(dataset, (probs, ch, sessions, None))
+            return pd.Series(list(probs.reshape(-1, probs.shape[2])[windows]),
+                             index=dataset.index, name="probability_vector")
+        frame, flat = self._per_window_frame(dataset, (probs, ch, sessions))
         if output_type == "class":
             frame["class"] = classes[flat.argmax(axis=1)]
         else:
@@ -732,7 +736,7 @@ def _recorded_metrics(model, data, target):
 def _metric_state(prefix, model, values, sessions, label_ids, session_mask):
     """``prefix + metric`` state entries: the model evaluated per row on the sessions
     of ``session_mask`` (standardised ``values`` and ``label_ids`` in sessions order)."""
-    probs, _ = model._sorted_row_probs(values, sessions)
+    probs = model._sorted_row_probs(values, sessions)
     classes = model._state["classes"]
     if session_mask.all():
         # Every row (no hold-out): no copies of the probabilities and labels.
