@@ -222,3 +222,18 @@ def test_grid_model_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert killed_at is not None and 10 <= killed_at < 150, killed_at
     assert f"at iteration {killed_at} of 150" in log
     np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-5)
+
+
+def test_grid_model_on_two_devices_equals_one(three_digits):
+    """Extraction is split over the devices; the grid features and so the model are the same."""
+    train, test = three_digits
+    kw = dict(target="label", max_iterations=10, verbose=False, random_seed=1,
+              pooling="grid")
+    tc.config.set_devices(["cpu(0)", "cpu(1)"])
+    try:
+        two = tc.image_classifier.create(train, **kw)
+    finally:
+        tc.config.set_devices(None)
+    one = tc.image_classifier.create(train, **kw)
+    assert two.pooling == one.pooling == "grid"
+    np.testing.assert_allclose(_probs(two, test), _probs(one, test), rtol=0, atol=1e-5)
