@@ -195,8 +195,9 @@ def _split_classes():
 
             def __init__(self, backbone, cut, **kwargs):
                 super().__init__(**kwargs)
-                # In a list: a Block attribute would register the whole backbone as a child.
-                self._backbone = [backbone]
+                # Read through a function: a Block attribute (or a list holding one) would
+                # make the whole backbone a child (or draw mxnet's container warning).
+                self._pooling = lambda: backbone.pooling
                 self._parts = list(backbone.blocks)[cut:] + [backbone.head]
                 for i, part in enumerate(self._parts):
                     self.register_child(part, f"_p{i}")
@@ -204,7 +205,7 @@ def _split_classes():
             def hybrid_forward(self, F, x):
                 for part in self._parts:
                     x = part(x)
-                return _efficientnet.pool(F, x, self._backbone[0].pooling)
+                return _efficientnet.pool(F, x, self._pooling())
 
         _SPLIT_CLASSES = (Front, Tail)
     return _SPLIT_CLASSES
