@@ -40,11 +40,11 @@ _INSTALL = "pip install onnxruntime onnx"
 
 
 def _import_runtime():
-    # A plain import every time (cheap once loaded), so that a test or a user
-    # hiding the package through sys.modules is honoured.
-    import onnx  # noqa: F401
-    import onnxruntime
-    return onnxruntime
+    # An import every time (cheap once loaded), so that a test or a user hiding
+    # the package through sys.modules is honoured. onnx writes the graph.
+    import importlib
+    importlib.import_module("onnx")
+    return importlib.import_module("onnxruntime")
 
 
 def runtime_available():
