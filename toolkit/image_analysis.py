@@ -19,7 +19,9 @@ def get_deep_features(images, model_name="efficientnet-lite0", batch_size=64, ve
     the frozen pretrained network to a vector of 1280 numbers (the average of
     its last feature map). ``tc.image_classifier.create`` takes a column of
     these in place of images (``feature='deep_features'``), and models predict
-    on them as on images.
+    on them as on images. The network runs in onnxruntime or mxnet as
+    :func:`toolkit.config.set_inference_backend` chooses (the same features
+    within 1e-4 of their scale).
 
     Parameters
     ----------
