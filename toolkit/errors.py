@@ -86,6 +86,12 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint cannot resume this training run (other task, settings, or a model file)."""
 
 
+# --- inference backends ------------------------------------------------------
+
+class BackendNotAvailableError(ToolkitError, ImportError):
+    """The inference backend asked for (onnxruntime) cannot be imported."""
+
+
 # --- distributed training --------------------------------------------------
 
 class DistributedError(ToolkitError, RuntimeError):

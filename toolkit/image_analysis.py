@@ -19,7 +19,9 @@ def get_deep_features(images, model_name="efficientnet-lite0", batch_size=64, ve
     the frozen pretrained network to a vector of 1280 numbers (the average of
     its last feature map). ``tc.image_classifier.create`` takes a column of
     these in place of images (``feature='deep_features'``), and models predict
-    on them as on images.
+    on them as on images. The network runs in onnxruntime or mxnet as
+    :func:`toolkit.config.set_inference_backend` chooses (the same features
+    within 1e-4 of their scale).
 
     Parameters
     ----------
@@ -72,11 +74,50 @@ def get_deep_features(images, model_name="efficientnet-lite0", batch_size=64, ve
             "'images' must be a Series of images (or one image), got a DataFrame; pass its "
             "image column, e.g. get_deep_features(data['image']).")
     values, column, index, single = _images.image_input(images, "images", "images")
-    backbone, ctxs, _ = _train.pretrained_backbone(batch_size, len(values))
-    try:
-        feats = _data.extract(backbone, values, column, index, batch_size, verbose, ctxs=ctxs)
-    finally:
-        _train.release(backbone, ctxs)
+    runner = _pretrained_runner()
+    if runner is not None:
+        feats = _data.extract(None, values, column, index, batch_size, verbose, runner=runner)
+    else:
+        backbone, ctxs, _ = _train.pretrained_backbone(batch_size, len(values))
+        try:
+            feats = _data.extract(backbone, values, column, index, batch_size, verbose,
+                                  ctxs=ctxs)
+        finally:
+            _train.release(backbone, ctxs)
     if single:
         return feats[0]
     return pd.Series(list(feats), index=index, name="deep_features")
+
+
+class _Pretrained:
+    """The pretrained network's onnxruntime runner, kept for the process (see toolkit._ort):
+    built and checked against mxnet once, not at every call."""
+
+    def __init__(self):
+        self.backbone = None
+
+    def graph(self):
+        from . import pretrained
+        from .image_classifier import _net, _onnx_export
+        weights = {_net.BACKBONE_PREFIX + k: v
+                   for k, v in pretrained.load_efficientnet_lite0().items()
+                   if not k.startswith("fc.")}
+        return _onnx_export.features_model(weights, _net.DEFAULT_POOLING, "image_analysis", 1)
+
+    def reference(self, x):
+        from . import pretrained
+        from ._mx import mx
+        from .image_classifier import _net
+        if self.backbone is None:
+            self.backbone = _net.build_backbone(weights=pretrained.load_efficientnet_lite0())
+            _net.prepare_backbone(self.backbone, len(x), len(x))
+        return self.backbone(mx().nd.array(x)).asnumpy()
+
+
+_PRETRAINED = _Pretrained()
+
+
+def _pretrained_runner():
+    from . import _ort
+    return _ort.runner_for(_PRETRAINED, "avg", "feature extractor (get_deep_features)",
+                           _PRETRAINED.graph, _PRETRAINED.reference)

@@ -391,7 +391,8 @@ def prepare_validation(frame, feature, target, class_index):
     return values, ids, index
 
 
-def extract(backbone, values, column, index, batch_size, verbose, reduce=None, ctxs=None):
+def extract(backbone, values, column, index, batch_size, verbose, reduce=None, ctxs=None,
+            runner=None):
     """Run the backbone over images in streamed batches.
 
     Each batch of ``batch_size`` images is decoded and resized (in a
@@ -402,11 +403,10 @@ def extract(backbone, values, column, index, batch_size, verbose, reduce=None, c
     outputs only. Shows a tqdm progress bar (count, images/s, ETA) when
     ``verbose``. With several devices (``ctxs``, the backbone's parameters
     already on all of them) consecutive sub-batches go to the devices in
-    turn and run concurrently.
+    turn and run concurrently. ``runner`` (a :class:`toolkit._ort.Runner`,
+    numpy network input -> numpy features) replaces the backbone and devices.
     """
     from tqdm import tqdm
-    nd = mx().nd
-    ctxs = ctxs or [mx().cpu()]
     step = _net.network_batch(batch_size)
     outputs = []
     with tqdm(total=len(values), desc="Extracting image features", unit="img",
@@ -414,6 +414,15 @@ def extract(backbone, values, column, index, batch_size, verbose, reduce=None, c
         for _, batch in _images.iter_batches(values, _net.IMAGE_SIZE, batch_size, column,
                                              index):
             parts = [batch[s:s + step] for s in range(0, len(batch), step)]
+            if runner is not None:
+                for part in parts:
+                    feats = runner(_images.to_network_input(part, _net.INPUT_SCALE,
+                                                            _net.INPUT_BIAS))
+                    outputs.append(reduce(feats) if reduce is not None else feats)
+                    bar.update(len(part))
+                continue
+            nd = mx().nd
+            ctxs = ctxs or [mx().cpu()]
             for r in range(0, len(parts), len(ctxs)):
                 # Start every device's sub-batch before waiting for any result.
                 running = [backbone(nd.array(_images.to_network_input(

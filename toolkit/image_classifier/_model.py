@@ -50,11 +50,11 @@ import time
 
 import numpy as np
 
-from .. import _checkpoint, _images, config
+from .. import _checkpoint, _images, _ort, config
 from .. import _validate as V
 from .._metrics import classifier_metrics
 from .._model import Model, VersionStep, task_method
-from .._mx import get_weights
+from .._mx import get_weights, mx
 from .._progress import say
 from ..errors import InvalidParameterError, WeightsMismatchError
 from . import _data, _export, _net, _onnx_export, _train
@@ -276,12 +276,31 @@ class ImageClassifier(Model):
             feats, index, single = deep
             return (reduce(feats) if reduce is not None else feats), index, single
         values, column, index, single = self._images_of(dataset, name)
-        if not self._backbone_ready:
-            _net.prepare_backbone(self._net.backbone, batch_size, len(values))
-            self._backbone_ready = True
+        runner = self._runner()
+        if runner is None:
+            self._prepare_backbone(batch_size, len(values))
         out = _data.extract(self._net.backbone, values, column, index, batch_size, verbose,
-                            reduce)
+                            reduce, runner=runner)
         return out, index, single
+
+    def _prepare_backbone(self, batch_size=_net.NETWORK_BATCH, num_images=_net.NETWORK_BATCH):
+        if not self._backbone_ready:
+            _net.prepare_backbone(self._net.backbone, batch_size, num_images)
+            self._backbone_ready = True
+
+    def _mx_features(self, x):
+        """The mxnet backbone (and pooling) on network input ``x`` (numpy) -> features."""
+        self._prepare_backbone(len(x), len(x))
+        return self._net.backbone(mx().nd.array(x)).asnumpy()
+
+    def _features_graph(self):
+        return _onnx_export.features_model(get_weights(self._net), self._state["pooling"],
+                                           self._TASK, self._FILE_VERSION)
+
+    def _runner(self):
+        """The onnxruntime runner of the backbone (None: mxnet runs it), see toolkit._ort."""
+        return _ort.runner_for(self, self._state["pooling"], "image classifier",
+                               self._features_graph, self._mx_features)
 
     def _logits(self, features):
         return (features @ self._w.T + self._b).astype(np.float32)

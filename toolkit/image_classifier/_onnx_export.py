@@ -24,7 +24,10 @@ label              ``ArgMax`` -> ``<target>Index`` (int64), ``Gather`` of the  (
 =================  ==========================================================  ================
 
 The backbone is written by :mod:`toolkit.pretrained._onnx_writer` (shared with
-the object detector's export; it says why BatchNorm is folded).
+the object detector's export; it says why BatchNorm is folded). The backbone
+and pooling (:func:`write_features`) also make the in-memory graph that
+``predict`` and ``extract_features`` run on onnxruntime (:func:`features_model`,
+see :mod:`toolkit._ort`).
 """
 
 import numpy as np
@@ -143,14 +146,7 @@ def export_onnx(model, path):
     x = g.input(feature, np.float32, [BATCH, 3, size, size],
                 f"RGB image, channels first, pixel values 0-255, {size}x{size} (stretch the "
                 "photo to fill, bilinear; EXIF orientation applied, alpha dropped)")
-    head, _ = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
-                                          prefix=_net.BACKBONE_PREFIX)
-    if s["pooling"] == "grid":
-        k, st = _efficientnet.GRID_KERNEL, _efficientnet.GRID_STRIDE
-        y = g.node("AveragePool", [head], ["/pool/out"], kernel_shape=[k, k], strides=[st, st])
-    else:
-        y = g.node("GlobalAveragePool", [head], ["/pool/out"])
-    y = g.node("Flatten", [y], ["/pool/flat"], axis=1)
+    y = write_features(g, _onnx_writer.scale_input(g, x), w, s["pooling"])
     y = g.node("Gemm", [y, g.initializer("/classifier/W", w[_net.CLASSIFIER_WEIGHT]),
                         g.initializer("/classifier/B", w[_net.CLASSIFIER_BIAS])],
                ["/classifier/out"], transB=1)
@@ -181,3 +177,31 @@ def export_onnx(model, path):
         f"Input: RGB pixels 0-255, float32 (batch, 3, {size}, {size}), the photo stretched to "
         f"{size}x{size} with bilinear filtering. See help(model.export_onnx)."))
     _onnx.save_model(onnx_model, full_path)
+
+
+def write_features(g, x, weights, pooling):
+    """Add the backbone and the model's pooling on the network input ``x`` (in [-1, 1]).
+
+    Returns the name of the (B, :func:`._net.num_features`) features, those
+    the classifier layer reads. ``weights``: the network's arrays under their
+    stored names (``backbone.*``).
+    """
+    head, _ = _onnx_writer.write_backbone(g, x, weights, prefix=_net.BACKBONE_PREFIX)
+    if pooling == "grid":
+        k, st = _efficientnet.GRID_KERNEL, _efficientnet.GRID_STRIDE
+        y = g.node("AveragePool", [head], ["/pool/out"], kernel_shape=[k, k], strides=[st, st])
+    else:
+        y = g.node("GlobalAveragePool", [head], ["/pool/out"])
+    return g.node("Flatten", [y], ["/pool/flat"], axis=1)
+
+
+def features_model(weights, pooling, task, file_version):
+    """The in-memory ONNX model that ``predict`` runs on onnxruntime: network input
+    (B, 3, 224, 224) float32 in [-1, 1], already scaled as ``predict`` scales it,
+    -> features (B, :func:`._net.num_features`). Not written to a file."""
+    size = _net.IMAGE_SIZE
+    g = _onnx.GraphBuilder("image_classifier_features")
+    x = g.input("network_input", np.float32, [BATCH, 3, size, size], "pixels scaled to [-1, 1]")
+    g.output(write_features(g, x, weights, pooling), np.float32,
+             [BATCH, _net.num_features(pooling)], "features")
+    return _onnx.make_model(g, task, file_version, {"pooling": pooling})

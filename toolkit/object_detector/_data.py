@@ -158,7 +158,11 @@ def batches(values, column, index, batch_size=NETWORK_BATCH):
             yield s, pixels, sizes
 
 
+def network_input(pixels):
+    """Decoded pixels -> the network's input, float32 numpy (B, 3, 224, 224) in [-1, 1]."""
+    return _images.to_network_input(pixels, _net.INPUT_SCALE, _net.INPUT_BIAS)
+
+
 def to_input(pixels, ctx):
     """Decoded pixels -> the network's input NDArray on ``ctx``."""
-    return mx().nd.array(_images.to_network_input(pixels, _net.INPUT_SCALE, _net.INPUT_BIAS),
-                         ctx=ctx)
+    return mx().nd.array(network_input(pixels), ctx=ctx)

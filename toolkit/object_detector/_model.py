@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from .. import _checkpoint, _images, config
+from .. import _checkpoint, _images, _ort, config
 from .. import _validate as V
 from .._model import Model, task_method
 from .._mx import get_weights, mx
@@ -151,16 +151,32 @@ class ObjectDetector(Model):
     # --- prediction ---------------------------------------------------------------------
     def _raw(self, values, column, index, verbose=False):
         """Yield (start, raw outputs (B, A(5+C), G, G) float32, sizes)."""
-        if not self._ready:
-            _net.prepare(self._net, min(_data.NETWORK_BATCH, len(values)))
-            self._ready = True
+        runner = self._runner()
+        forward = runner if runner is not None else self._mx_raw
         from tqdm import tqdm
         with tqdm(total=len(values), desc="Predicting", unit="img", disable=not verbose,
                   mininterval=1.0) as bar:
             for s, pixels, sizes in _data.batches(values, column, index):
-                raw = self._net(_data.to_input(pixels, mx().cpu())).asnumpy()
+                raw = forward(_data.network_input(pixels))
                 bar.update(len(pixels))
                 yield s, raw, sizes
+
+    def _mx_raw(self, x):
+        """The mxnet network on network input ``x`` (numpy) -> raw outputs (numpy)."""
+        if not self._ready:
+            _net.prepare(self._net, min(_data.NETWORK_BATCH, len(x)))
+            self._ready = True
+        return self._net(mx().nd.array(x, ctx=mx().cpu())).asnumpy()
+
+    def _network_graph(self):
+        num_outputs = len(self._state["anchors"]) * (5 + len(self._state["classes"]))
+        return _onnx_export.network_model(get_weights(self._net), num_outputs, self._TASK,
+                                          self._FILE_VERSION)
+
+    def _runner(self):
+        """The onnxruntime runner of the network (None: mxnet runs it), see toolkit._ort."""
+        return _ort.runner_for(self, "network", "object detector", self._network_graph,
+                               self._mx_raw)
 
     def _detect(self, raw, size, confidence_threshold, iou_threshold):
         """One image's raw output -> annotation list (pixels), best first."""

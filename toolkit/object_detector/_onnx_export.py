@@ -5,6 +5,9 @@ the non-maximum suppression that Core ML runs as a second pipeline stage is
 ONNX's ``NonMaxSuppression`` (opset 10+) in the same graph, set up to take
 ``predict``'s decisions. Written with the ``onnx`` helper API in opset 17
 (see :mod:`toolkit._onnx` for why not ``mx.onnx``, and for the versions).
+The network part (:func:`write_network`) also makes the in-memory graph that
+``predict`` and ``evaluate`` run on onnxruntime (:func:`network_model`, see
+:mod:`toolkit._ort`).
 
 ==================  ========================================================  ================
 part                ONNX operators                                            shape
@@ -196,10 +199,7 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
                      f"(optional) NMS IoU threshold (default: {iou})", default=iou)
     conf_in = g.input("confidenceThreshold", np.float32, [],
                       f"(optional) confidence threshold (default: {conf_t})", default=conf_t)
-    coarse, fine = _onnx_writer.write_backbone(g, _onnx_writer.scale_input(g, x), w,
-                                               fine_block=_net.FINE_BLOCK,
-                                               prefix=_net.BACKBONE + ".")
-    raw = _write_head(g, w, coarse, fine)                        # (B, A(5+C), G, G)
+    raw = write_network(g, _onnx_writer.scale_input(g, x), w)   # (B, A(5+C), G, G)
     coords, conf = _write_decoding(g, raw, anchors, num_classes)
     _write_selection(g, coords, conf, iou_in, conf_in, labels, label_dtype)
     _declare_outputs(g, len(anchors) * _net.GRID ** 2, num_classes, label_dtype)
@@ -224,6 +224,31 @@ def export_onnx(model, path, iou_threshold=None, confidence_threshold=None):
         f"{size}x{size} with bilinear filtering. Outputs: the boxes predict() keeps, relative "
         "centre x, y, width, height. See help(model.export_onnx)."))
     _onnx.save_model(onnx_model, full_path)
+
+
+def write_network(g, x, weights):
+    """Add the backbone and the head on the network input ``x`` (in [-1, 1]).
+
+    Returns the name of the raw outputs (B, A(5+C), G, G), what the mxnet
+    ``ObjectDetectorNet`` returns. ``weights``: the network's arrays under
+    their stored names.
+    """
+    coarse, fine = _onnx_writer.write_backbone(g, x, weights, fine_block=_net.FINE_BLOCK,
+                                               prefix=_net.BACKBONE + ".")
+    return _write_head(g, weights, coarse, fine)
+
+
+def network_model(weights, num_outputs, task, file_version):
+    """The in-memory ONNX model that ``predict`` runs on onnxruntime: network input
+    (B, 3, 224, 224) float32 in [-1, 1], already scaled as ``predict`` scales it,
+    -> raw outputs (B, ``num_outputs`` = A(5+C), G, G), decoded by numpy as
+    before. Not written to a file."""
+    size, grid = _net.IMAGE_SIZE, _net.GRID
+    g = _onnx.GraphBuilder("object_detector_network")
+    x = g.input("network_input", np.float32, [BATCH, 3, size, size], "pixels scaled to [-1, 1]")
+    g.output(write_network(g, x, weights), np.float32, [BATCH, num_outputs, grid, grid],
+             "raw head outputs")
+    return _onnx.make_model(g, task, file_version)
 
 
 def _write_head(g, w, coarse, fine):
