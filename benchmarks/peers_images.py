@@ -32,11 +32,13 @@ Needs the ``bench`` extra (onnxruntime, onnx). Usage::
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (the activity rows' script: thread settings and timing loop)
+from peers import _set_threads  # noqa: E402
 
 NET_BATCH = 16
 
@@ -52,23 +54,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _set_threads(n):
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
-                "MXNET_OMP_MAX_THREADS"):
-        os.environ[var] = str(n)
-
-
 def measure(sides, rounds):
     """{name: median seconds}; the sides run interleaved, once per round (after a warm-up)."""
     for _, fn in sides:
         fn()
-    times = {name: [] for name, _ in sides}
-    for _ in range(rounds):
-        for name, fn in sides:
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return peers.measure(sides, rounds)
 
 
 def _session(path, threads, output=None):
