@@ -1,6 +1,8 @@
 """Activity classifier: API behaviour a user relies on, and bad input."""
 
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -186,6 +188,7 @@ def test_chunks_of_unsorted_rows_equal_chunks_of_sorted_rows():
     from toolkit.activity_classifier import _data
     rng = np.random.RandomState(0)
     for ids, pw in [(np.repeat([5, 2, 9], [1, 300, 41]), 7),          # grouped
+                    (np.repeat([5, 2, 9], [1, 3000, 41]), 7),         # a session at a time
                     (rng.randint(0, 6, 500), 10),                       # interleaved
                     (np.array(["b", "a", "b"]), 1), (np.array([1.5]), 400)]:
         values = rng.standard_normal((len(ids), 3)).astype(np.float32)
@@ -195,7 +198,13 @@ def test_chunks_of_unsorted_rows_equal_chunks_of_sorted_rows():
         for key in ("data", "weights", "session", "first_window"):
             np.testing.assert_array_equal(fast[key], plain[key], err_msg=key)
             assert fast[key].dtype == plain[key].dtype, key
-        np.testing.assert_array_equal(fast["data"].reshape(-1, 3)[fast["rows"]], values)
+        rows = fast.get("rows")
+        if rows is None:                    # grouped rows, copied a session at a time
+            assert sessions.grouped
+            rows = _data.sorted_slots(sessions, pw)
+        np.testing.assert_array_equal(fast["data"].reshape(-1, 3)[rows], values)
+        window = np.arange(len(fast["weights"].reshape(-1)))
+        np.testing.assert_array_equal(_data.to_rows(window, fast, sessions, pw), rows // pw)
 
 
 @pytest.mark.parametrize("ids", [
@@ -217,14 +226,41 @@ def test_sessions_are_in_first_appearance_order(ids):
     assert s.grouped == bool((np.diff(codes) >= 0).all())
 
 
-@pytest.mark.parametrize("n", [0, 1, 8191, 8192, 20000])
-def test_standardise_is_the_plain_float32_arithmetic(n):
+@pytest.mark.parametrize("n", [0, 1, 8191, 20000])
+def test_standardised_features_are_the_plain_float32_arithmetic(n):
+    from toolkit import _validate as V
     from toolkit.activity_classifier import _data
-    values = np.random.RandomState(n).standard_normal((n, 5)).astype(np.float32) * 9 + 4
-    mean, std = [4.1, -2, 0, 1e3, 3.3], [9.2, 1, 0.5, 7, 1e-3]
-    expected = (values - np.float32(mean)) / np.float32(std)
-    np.testing.assert_array_equal(_data.standardise(values, mean, std), expected)
-    np.testing.assert_array_equal(values, expected)      # in place
+    rng = np.random.RandomState(n)
+    frame = pd.DataFrame({"a": rng.standard_normal(n) * 9 + 4, "b": rng.randint(-50, 50, n),
+                          "c": (rng.standard_normal(n) * 3).astype(np.float32)})
+    expected = (V.numeric_features(frame, ["c", "a", "b"]) - np.float32([1e3, 4.1, -2])) \
+        / np.float32([7, 9.2, 1e-3])
+    got = _data.standardised_features(frame, ["c", "a", "b"], [1e3, 4.1, -2], [7, 9.2, 1e-3])
+    assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("a, b", [
+    ([1.0, np.nan, 2.0], [1, 2, 3]),
+    ([1.0, 2.0, 3.0], [1.0, -np.inf, 3.0]),
+    ([1e300, 2.0, 3.0], [np.nan, np.nan, np.nan]),       # NaN wins over too large, as before
+    ([1e300, 2.0, 3.0], [1.0, 2.0, 3.0]),
+    ([None, 2.0, 3.0], [1.0, 2.0, 3.0]),
+])
+def test_standardised_features_refuse_what_numeric_features_refuses(a, b):
+    from toolkit import _validate as V
+    from toolkit.activity_classifier import _data
+    frame = pd.DataFrame({"a": a, "b": b}, index=[7, 8, 9])
+    with pytest.raises(DataError) as expected:
+        V.numeric_features(frame, ["a", "b"], "data")
+    with pytest.raises(DataError, match=re.escape(str(expected.value))):
+        _data.standardised_features(frame, ["a", "b"], [0, 0], [1, 1], "data")
+
+
+def test_standardised_features_accept_finite_values_that_overflow_when_scaled():
+    from toolkit.activity_classifier import _data
+    frame = pd.DataFrame({"a": [3e38, -3e38, 0.0]})
+    got = _data.standardised_features(frame, ["a"], [0], [1e-3])
+    assert list(got[:, 0]) == [np.inf, -np.inf, 0.0]
 
 
 def test_session_shorter_than_a_window_still_predicts(tiny_model, watch_small):

@@ -160,13 +160,14 @@ def check_seed(value):
     return check_int(value, "random_seed", 0, 2**32 - 1)
 
 
-def numeric_features(dataset, features, name="dataset"):
-    """Return the feature columns as a float32 (n, F) array, checking types and finiteness.
+def numeric_columns(dataset, features):
+    """The feature columns as Series, refusing any whose dtype is not real numbers.
 
-    Built column by column straight into the float32 result: a float64 (n, F) stack
-    would cost twice the result's memory and time.
+    Only the dtypes are checked (no pass over the values); :func:`numeric_features`
+    also checks the values.
     """
     import pandas as pd
+    columns = []
     for col in features:
         series = dataset[col]
         if pd.api.types.is_complex_dtype(series):
@@ -178,10 +179,21 @@ def numeric_features(dataset, features, name="dataset"):
                 f"Feature column '{col}' must be numeric (int or float), got dtype "
                 f"{series.dtype} (first value {series.iloc[0]!r}). Convert it or leave it out "
                 "of 'features'.")
+        columns.append(series)
+    return columns
+
+
+def numeric_features(dataset, features, name="dataset"):
+    """Return the feature columns as a float32 (n, F) array, checking types and finiteness.
+
+    Built column by column straight into the float32 result: a float64 (n, F) stack
+    would cost twice the result's memory and time.
+    """
+    columns = numeric_columns(dataset, features)
     values = np.empty((len(dataset), len(features)), np.float32)
     too_large = False
-    for j, col in enumerate(features):
-        column = dataset[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    for j, (col, series) in enumerate(zip(features, columns)):
+        column = series.to_numpy(dtype=np.float64, na_value=np.nan)
         if len(column):
             # min and max are NaN/inf exactly when some value is: two passes, no mask.
             lo, hi = column.min(), column.max()

@@ -76,28 +76,34 @@ class Sessions:
         return len(self.lengths)
 
 
-#: Rows per block in :func:`standardise`.
-_STANDARDISE_BLOCK = 8192
+def standardised_features(dataset, features, mean, std, name="dataset"):
+    """``(values - mean) / std`` in float32 of the feature columns, as an (n, F) array.
 
-
-def standardise(values, mean, std):
-    """``values = (values - mean) / std`` in place, in float32, for C-ordered (n, F) values.
-
-    Elementwise the same float32 arithmetic as ``values -= mean; values /= std``. It
-    runs over blocks of rows against tiled copies of ``mean`` and ``std``: broadcasting
-    an (F,) vector makes numpy loop over every row with an inner loop of only F
-    elements, which took 6x as long on the watch data (F = 6).
+    Equal to standardising :func:`toolkit._validate.numeric_features`' array in place
+    (``float32(x) - float32(mean)``, then ``/ float32(std)``, elementwise) and refuses
+    the same inputs with the same errors, but reads each column once: the float32
+    arithmetic runs on one contiguous column at a time and a single sum of the
+    result stands in for the per-column checks. NaN or inf in the input (also a value
+    beyond float32's range, which becomes inf) makes that sum non-finite; only then
+    does ``numeric_features`` run to say which column and row. It raises nothing when
+    finite input only overflowed in the sum or in the standardisation, which was
+    accepted before too.
     """
-    n, f = values.shape
+    columns = V.numeric_columns(dataset, features)
+    n = len(dataset)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
-    rows = max(1, min(n, _STANDARDISE_BLOCK))
-    mean_t, std_t = np.tile(mean, rows), np.tile(std, rows)
-    flat = values.reshape(-1)       # a view: values is C-ordered
-    for i in range(0, n * f, rows * f):
-        part = flat[i:i + rows * f]
-        part -= mean_t[:len(part)]
-        part /= std_t[:len(part)]
+    values = np.empty((n, len(columns)), np.float32)
+    scratch = np.empty(n, np.float32)
+    with np.errstate(all="ignore"):     # NaN and inf are judged by the check below
+        for j, series in enumerate(columns):
+            column = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            np.subtract(column, mean[j], out=scratch, dtype=np.float32)
+            np.divide(scratch, std[j], out=scratch)
+            values[:, j] = scratch
+        finite = n == 0 or np.isfinite(values.sum())
+    if not finite:
+        V.numeric_features(dataset, features, name)
     return values
 
 
@@ -166,19 +172,23 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
     return out
 
 
-def _layout(sessions, prediction_window):
-    """``(chunks per session, first chunk of each session, flat row of each sorted row)``.
-
-    The flat row indexes the chunk data reshaped to (n_chunks * 20 * pw, F); divided
-    by ``prediction_window`` it is the row's window in (n_chunks * 20) order.
-    """
-    lengths = sessions.lengths
-    n_chunks = -(-(-(-lengths // prediction_window)) // WINDOWS_PER_CHUNK)
+def _chunk_counts(sessions, prediction_window):
+    """``(chunks per session, first chunk of each session)``."""
+    n_chunks = -(-(-(-sessions.lengths // prediction_window)) // WINDOWS_PER_CHUNK)
     first_chunk = np.concatenate([[0], np.cumsum(n_chunks)[:-1]]).astype(np.int64)
+    return n_chunks, first_chunk
+
+
+def sorted_slots(sessions, prediction_window):
+    """The flat chunk row (see :func:`chunk_rows`) of each row in ``sessions`` order.
+
+    Divided by ``prediction_window`` it is the row's window in (n_chunks * 20) order.
+    """
+    _, first_chunk = _chunk_counts(sessions, prediction_window)
     shift = first_chunk * (prediction_window * WINDOWS_PER_CHUNK) - sessions.starts
-    rows = _repeat_runs(shift, lengths)
+    rows = _repeat_runs(shift, sessions.lengths)
     rows += np.arange(len(rows))
-    return n_chunks, first_chunk, rows
+    return rows
 
 
 def _repeat_runs(values, lengths):
@@ -195,9 +205,10 @@ def _repeat_runs(values, lengths):
     return out
 
 
-def sorted_slots(sessions, prediction_window):
-    """The flat chunk row (see :func:`chunk_rows`) of each row in ``sessions`` order."""
-    return _layout(sessions, prediction_window)[2]
+#: Grouped rows are copied session by session (one slice each) when the sessions
+#: average at least this many rows; below it the per-session Python step costs more
+#: than scattering every row by its index.
+_MIN_ROWS_PER_SLICE = 512
 
 
 def chunk_rows(values, sessions, prediction_window):
@@ -216,33 +227,83 @@ def chunk_rows(values, sessions, prediction_window):
     Returns
     -------
     dict with :func:`chunk`'s ``data``, ``weights``, ``session`` and ``first_window``,
-    and ``rows`` (n_rows,): where each input row went in ``data.reshape(-1, F)``
-    (``rows // prediction_window`` is its window in ``weights.reshape(-1)`` order).
+    and, unless the rows were grouped by session and copied a session at a time,
+    ``rows`` (n_rows,): where each input row went in ``data.reshape(-1, F)``.
+    :func:`to_rows` maps per-window results back to the input rows either way.
     """
     pw = prediction_window
     L = pw * WINDOWS_PER_CHUNK
-    n_chunks, first_chunk, rows = _layout(sessions, pw)
-    if not sessions.grouped:
-        in_order = np.empty_like(rows)
-        in_order[sessions.order] = rows
-        rows = in_order
+    n_chunks, first_chunk = _chunk_counts(sessions, pw)
     values = np.ascontiguousarray(values, np.float32)
     f = values.shape[1]
     data = np.zeros((int(n_chunks.sum()), L, f), np.float32)
-    # Each row moved as one opaque item: numpy's fancy assignment of (F,) float rows
-    # loops per element and took 3x as long.
-    item = np.dtype((np.void, values.itemsize * f))
-    np.put(data.reshape(-1, f).view(item).reshape(-1), rows, values.view(item).reshape(-1))
+    flat = data.reshape(-1, f)
+    out = {}
+    if sessions.grouped and len(values) >= _MIN_ROWS_PER_SLICE * len(sessions):
+        # Each session's rows are one block of the input and one block of the chunks:
+        # a copy per session, no index per row.
+        for dst, src, n in zip((first_chunk * L).tolist(), sessions.starts.tolist(),
+                               sessions.lengths.tolist()):
+            flat[dst:dst + n] = values[src:src + n]
+    else:
+        rows = sorted_slots(sessions, pw)
+        if not sessions.grouped:
+            in_order = np.empty_like(rows)
+            in_order[sessions.order] = rows
+            rows = in_order
+        # Each row moved as one opaque item: numpy's fancy assignment of (F,) float rows
+        # loops per element and took 3x as long.
+        item = np.dtype((np.void, values.itemsize * f))
+        np.put(flat.view(item).reshape(-1), rows, values.view(item).reshape(-1))
+        out["rows"] = rows
     within = np.arange(len(data)) - np.repeat(first_chunk, n_chunks)
     windows_left = np.repeat(-(-sessions.lengths // pw), n_chunks) - within * WINDOWS_PER_CHUNK
-    return {
+    out.update({
         "data": data,
         "weights": (np.arange(WINDOWS_PER_CHUNK)[None, :] < windows_left[:, None])
         .astype(np.float32),
         "session": np.repeat(np.arange(len(sessions)), n_chunks),
         "first_window": within * WINDOWS_PER_CHUNK,
-        "rows": rows,
-    }
+    })
+    return out
+
+
+def to_rows(window_values, chunks, sessions, prediction_window):
+    """Each input row's entry of a per-window array.
+
+    Parameters
+    ----------
+    window_values : ndarray (n_chunks * 20, ...)
+        One entry per window, in ``chunks['weights'].reshape(-1)`` order.
+    chunks : dict
+        :func:`chunk_rows`' result for these ``sessions``.
+    sessions : Sessions
+    prediction_window : int
+
+    Returns
+    -------
+    ndarray (n_rows, ...): row ``i`` holds the entry of input row ``i``'s window.
+    """
+    rows = chunks.get("rows")
+    if rows is not None:
+        return window_values[rows // prediction_window]
+    # Rows grouped by session (and copied a session at a time, so there are few
+    # sessions): the windows with rows are in row order, each covering
+    # prediction_window rows but the last of a session. Each session's full windows
+    # fill its rows as one broadcast assignment; no index per row (building one and
+    # gathering by it, or np.repeat, took 1.3-1.8x as long on the watch data).
+    pw = prediction_window
+    per_window = window_values[np.flatnonzero(chunks["weights"].reshape(-1))]
+    out = np.empty((int(sessions.lengths.sum()),) + per_window.shape[1:], per_window.dtype)
+    first = 0
+    for start, n in zip(sessions.starts.tolist(), sessions.lengths.tolist()):
+        full = n // pw
+        out[start:start + full * pw].reshape((full, pw) + out.shape[1:])[:] = \
+            per_window[first:first + full, None]
+        if full * pw < n:
+            out[start + full * pw:start + n] = per_window[first + full]
+        first += -(-n // pw)
+    return out
 
 
 # --- create()'s input -----------------------------------------------------------------------

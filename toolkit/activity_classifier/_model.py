@@ -180,10 +180,9 @@ class ActivityClassifier(Model):
         V.check_dataframe(dataset, name)
         cols = [s["session_id"]] + s["features"] + ([s["target"]] if need_target else [])
         V.check_columns_exist(dataset, cols, "the model's columns", name)
-        values = V.numeric_features(dataset, s["features"], name)
+        values = _data.standardised_features(dataset, s["features"], s["feature_mean"],
+                                             s["feature_std"], name)
         sessions = _data.Sessions(V.check_session_ids(dataset, s["session_id"], name))
-        # In place on numeric_features' own array: no temporaries.
-        _data.standardise(values, s["feature_mean"], s["feature_std"])
         return values, sessions
 
     def _prepare(self, dataset, name="dataset", need_target=False):
@@ -210,8 +209,8 @@ class ActivityClassifier(Model):
     def _input_probs(self, dataset, name="dataset"):
         """``(probabilities (n_chunks, 20, C), chunk table, Sessions)`` of a DataFrame.
 
-        The rows are scattered straight into the chunks (no sorted copy of the
-        features); the table's ``rows`` maps each input row to its window.
+        The rows are written straight into the chunks (no sorted copy of the
+        features); :meth:`_to_rows` maps per-window results back to the input rows.
         """
         values, sessions = self._read(dataset, name)
         ch = _data.chunk_rows(values, sessions, self._state["prediction_window"])
@@ -220,13 +219,13 @@ class ActivityClassifier(Model):
         del ch["data"]
         return probs, ch, sessions
 
-    def _row_windows(self, ch):
-        """The window of each input row, in ``probs.reshape(-1, C)`` order."""
-        return ch["rows"] // self._state["prediction_window"]
+    def _to_rows(self, window_values, ch, sessions):
+        """Each input row's entry of a per-window array (``probs.reshape(-1, C)`` order)."""
+        return _data.to_rows(window_values, ch, sessions, self._state["prediction_window"])
 
     def _per_row_probs(self, dataset, name="dataset"):
         probs, ch, sessions = self._input_probs(dataset, name)
-        per_row = probs.reshape(-1, probs.shape[2])[self._row_windows(ch)]
+        per_row = self._to_rows(probs.reshape(-1, probs.shape[2]), ch, sessions)
         return per_row, (probs, ch, sessions)
 
     def _sorted_row_probs(self, values, sessions):
@@ -287,13 +286,13 @@ class ActivityClassifier(Model):
         probs, ch, sessions = self._input_probs(dataset)
         classes = np.asarray(self._state["classes"], dtype=object)
         if output_frequency == "per_row":
-            windows = self._row_windows(ch)
             if output_type == "class":
-                # argmax once per window, then the class id spread to the rows.
-                ids = probs.argmax(axis=2).reshape(-1)[windows]
-                return pd.Series(classes[ids], index=dataset.index, name="class")
-            return pd.Series(list(probs.reshape(-1, probs.shape[2])[windows]),
-                             index=dataset.index, name="probability_vector")
+                # argmax and the class once per window, then spread to the rows.
+                labels = classes[probs.argmax(axis=2).reshape(-1)]
+                return pd.Series(self._to_rows(labels, ch, sessions), index=dataset.index,
+                                 name="class")
+            per_row = self._to_rows(probs.reshape(-1, probs.shape[2]), ch, sessions)
+            return pd.Series(list(per_row), index=dataset.index, name="probability_vector")
         frame, flat = self._per_window_frame(dataset, (probs, ch, sessions))
         if output_type == "class":
             frame["class"] = classes[flat.argmax(axis=1)]
