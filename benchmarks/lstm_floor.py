@@ -75,9 +75,6 @@ def main(argv=None):
     data = rng.normal(size=(B, T * PW, F)).astype(np.float32)
     labels = rng.randint(0, C, size=(B, T)).astype(np.float32)
     weights = np.ones((B, T), np.float32)
-    groups = np.zeros((B, B), np.float32)
-    for s in range(0, B, peers.BN_GROUP):
-        groups[s:s + peers.BN_GROUP, s:s + peers.BN_GROUP] = 1.0 / (peers.BN_GROUP * T)
     net = peers.torch_net(F, C, get_weights(core))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     xt, yt, wt = (torch.from_numpy(data), torch.from_numpy(labels.astype(np.int64)),
@@ -89,7 +86,7 @@ def main(argv=None):
         keep_out = (rng.random_sample((B, T, 128)) >= 0.5) / 0.5
         h, c = _net.zero_states(B)
         inputs = (nd.array(data), h, c, nd.array(labels), nd.array(weights),
-                  nd.array(keep_in), nd.array(keep_out), nd.array(groups))
+                  nd.array(keep_in), nd.array(keep_out), peers.BN_GROUP)
         with autograd.record():
             nll, _, _, _ = graphs.loss(*inputs)
             loss = nll.sum() / float(weights.sum())

@@ -190,14 +190,10 @@ class Activity:
             keep_out = (rng.random_sample((n, T, 128)) >= 0.5) / 0.5
         else:
             keep_in, keep_out = np.ones((n, T, 64)), np.ones((n, T, 128))
-        groups = np.zeros((n, n), np.float32)
-        for s in range(0, n, BN_GROUP):
-            e = min(n, s + BN_GROUP)
-            groups[s:e, s:e] = 1.0 / ((e - s) * T)
         h, c = _net.zero_states(n)
         return (nd.array(ch["data"][idx]), h, c, nd.array(ch["labels"][idx]),
                 nd.array(ch["weights"][idx]), nd.array(keep_in), nd.array(keep_out),
-                nd.array(groups))
+                BN_GROUP)
 
     def train_gluon(self):
         from toolkit._mx import mx

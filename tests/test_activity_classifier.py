@@ -454,3 +454,42 @@ def test_weight_name_constants_are_the_networks_structural_names():
     from toolkit.activity_classifier import _net
     core, _, _ = _net.build(3, 4, 10)
     assert sorted(structural_params(core)) == sorted(_net.WEIGHT_NAMES)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_training_loss_normalises_each_group_with_its_own_statistics(hybridize):
+    """Ghost batch norm: each group of consecutive chunks (the last one shorter) is
+    normalised with its own mean and biased variance, then gamma and beta; the loss
+    graph's per-window loss equals that arithmetic done in numpy on the trunk's outputs,
+    also when only evaluated (outside autograd.record())."""
+    from toolkit._mx import mx, set_weights, structural_params
+    from toolkit.activity_classifier import _net
+    nd = mx().nd
+    n, T, pw, features, classes, group = 21, 20, 5, 3, 4, 8
+    core, _, graphs = _net.build(features, classes, pw)
+    rng = np.random.RandomState(0)
+    set_weights(core, {name: rng.normal(0, 0.3, p.shape).astype(np.float32)
+                       for name, p in structural_params(core).items()})
+    if hybridize:
+        graphs.hybridize()
+    x = nd.array(rng.normal(size=(n, T * pw, features)))
+    label = rng.randint(0, classes, (n, T))
+    h, c = _net.zero_states(n)
+    nll, _, s1, s2 = graphs.loss(
+        x, h, c, nd.array(label), nd.ones((n, T)), nd.ones((n, T, _net.CONV_FILTERS)),
+        nd.ones((n, T, _net.DENSE_HIDDEN)), group)
+    z = graphs.trunk(x, h, c).asnumpy().astype(np.float64)
+    zn = np.empty_like(z)
+    for s in (0, 8, 16):                                  # groups of 8, 8 and 5 chunks
+        g = z[s:s + group]
+        mean, var = g.mean(axis=(0, 1)), g.var(axis=(0, 1))
+        zn[s:s + group] = (g - mean) / np.sqrt(var + _net.BN_EPSILON)
+    p = {k: v.data().asnumpy().astype(np.float64) for k, v in core.collect_params().items()}
+    zn = np.maximum(zn * p["activity_batchnorm0_gamma"] + p["activity_batchnorm0_beta"], 0)
+    logits = zn @ p["activity_dense1_weight"].T + p["activity_dense1_bias"]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, label[..., None], -1)[..., 0]
+    np.testing.assert_allclose(nll.asnumpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s1.asnumpy(), z.sum(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(s2.asnumpy(), (z ** 2).sum(axis=(0, 1)), rtol=1e-5)

@@ -97,9 +97,8 @@ h, c = _net.zero_states(3)
 probs = pred(x, h, c)[0].asnumpy()
 label, weight = nd.array(rng.randint(0, 4, (3, 20))), nd.ones((3, 20))
 keep_in, keep_out = nd.ones((3, 20, _net.CONV_FILTERS)), nd.ones((3, 20, _net.DENSE_HIDDEN))
-groups = nd.full((3, 3), 1.0 / 60)          # the 3 chunks form one batch-norm group
-with mx().autograd.record():
-    total = graphs.loss(x, h, c, label, weight, keep_in, keep_out, groups)[0].sum()
+with mx().autograd.record():    # the 3 chunks form one batch-norm group
+    total = graphs.loss(x, h, c, label, weight, keep_in, keep_out, 3)[0].sum()
 total.backward()
 grad = core.lstm.l0_i2h_weight.grad().asnumpy()
 print(json.dumps({"probs": probs.tolist(), "grad_norm": float(np.linalg.norm(grad))}))

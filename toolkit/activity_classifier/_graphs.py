@@ -6,6 +6,7 @@ stored weight names.
 """
 
 from .._mx import mx
+from ..errors import InvalidParameterError
 from ._net import BN_EPSILON, CONV_FILTERS, DENSE_HIDDEN, LSTM_HIDDEN
 
 gluon = mx().gluon
@@ -96,27 +97,102 @@ class PredictionGraph(_OverCore):
 class LossGraph(_OverCore):
     """Training graph: dropout masks and batch-norm groups come from outside.
 
-    Dropout masks are drawn by the caller (numpy, seeded) and batch norm
-    normalises each *group* of chunks with that group's own statistics
-    (``groups[i, j] = 1 / (windows in i's group)`` when chunks i and j
-    share a group, else 0). Nothing in a step then depends on which device
-    computes which group, so several devices or workers give the result
-    of one device (see toolkit/activity_classifier/_train.py).
+    Called as ``loss(x, h, c, label, weight, mask_in, mask_out, group_size)``
+    with NDArrays and an int. Dropout masks are drawn by the caller (numpy,
+    seeded) and batch norm normalises each *group* of ``group_size``
+    consecutive chunks (the last group may be shorter) with that group's own
+    statistics. Nothing in a step then depends on which device computes
+    which group, so several devices or workers give the result of one device
+    (see toolkit/activity_classifier/_train.py).
+
+    Returns ``(nll * weight, correct * weight, sum of z, sum of z**2)``: per
+    window, then the dense layer's outputs summed over chunks and windows
+    (for the running statistics kept during training).
     """
 
-    def hybrid_forward(self, F, x, h, c, label, weight, mask_in, mask_out, groups):
+    def __init__(self, core, **kwargs):
+        super().__init__(core, **kwargs)
+        self._buffers = {}
+
+    def forward(self, x, h, c, label, weight, mask_in, mask_out, group_size):
+        n = x.shape[0]
+        if group_size < 1:
+            raise InvalidParameterError(f"group_size must be at least 1, got {group_size}")
+        full = n - n % group_size if group_size < n else 0
+        # Always training mode: batch norm must use the group's statistics,
+        # also when the loss is only evaluated (outside autograd.record()).
+        with mx().autograd.train_mode():
+            if full in (0, n):
+                return self._call(x, h, c, label, weight, mask_in, mask_out,
+                                  min(group_size, n))
+            # A shorter last group: equal groups are one reshape in the graph,
+            # so the short group is a second call (same sums, added here).
+            nd = mx().nd
+            head = self._call(*_rows((x, h, c, label, weight, mask_in, mask_out), 0, full),
+                              group_size)
+            tail = self._call(*_rows((x, h, c, label, weight, mask_in, mask_out), full, n),
+                              n - full)
+            return (nd.concat(head[0], tail[0], dim=0), nd.concat(head[1], tail[1], dim=0),
+                    head[2] + tail[2], head[3] + tail[3])
+
+    def _call(self, x, h, c, label, weight, mask_in, mask_out, group_size):
+        groups = len(x) // group_size
+        key = (groups, group_size, x.context)
+        if key not in self._buffers:
+            nd = mx().nd
+            self._buffers[key] = (nd.zeros((groups, group_size), ctx=x.context),
+                                  nd.zeros((groups * DENSE_HIDDEN,), ctx=x.context))
+        shape, scratch = self._buffers[key]
+        return super().forward(x, h, c, label, weight, mask_in, mask_out, shape, scratch)
+
+    def hybrid_forward(self, F, x, h, c, label, weight, mask_in, mask_out, shape, scratch):
         core = self.core
         z, _, _ = core.trunk(F, x, h, c, mask_in)            # (B, windows, H)
-        mean = F.expand_dims(F.dot(groups, F.sum(z, axis=1)), axis=1)
-        d = F.broadcast_sub(z, mean)
-        var = F.expand_dims(F.dot(groups, F.sum(F.square(d), axis=1)), axis=1)
-        zn = core.scale_shift(F, F.broadcast_div(d, F.sqrt(var + BN_EPSILON)), x)
+        zn = _ghost_norm(F, z, shape, scratch, _value(F, core.bn.gamma, x),
+                         _value(F, core.bn.beta, x))
         logits = core.top(F, zn, mask_out)
         logp = F.log_softmax(logits, axis=-1)
         nll = -F.pick(logp, label, axis=-1)                  # (B, windows)
         correct = F.argmax(logits, axis=-1) == label
         return (nll * weight, correct * weight, F.sum(z, axis=(0, 1)),
                 F.sum(F.square(z), axis=(0, 1)))
+
+
+def _rows(arrays, start, stop):
+    """Chunks ``start:stop`` of each input (the LSTM states hold chunks on axis 1)."""
+    nd = mx().nd
+    return tuple(nd.slice_axis(a, axis=1 if i in (1, 2) else 0, begin=start, end=stop)
+                 for i, a in enumerate(arrays))
+
+
+def _ghost_norm(F, z, shape, scratch, gamma, beta):
+    """``gamma * (z - mean) / sqrt(var + eps) + beta`` with each group's mean and
+    (biased) variance; ``z`` is (B, windows, H).
+
+    ``shape`` is a (groups, group size) array (only its shape is read) and the
+    batch is ``groups`` consecutive runs of chunks. The statistics are those
+    of mxnet's fused ``BatchNorm`` with one channel per (group, feature), on
+    the outputs laid out as (group size * windows, groups * H), and the
+    operator also applies ``gamma`` and ``beta`` (repeated for each group):
+    forward and backward are then one operator each instead of broadcast
+    arithmetic whose backward reductions dominated the step after the LSTM.
+    ``scratch`` (groups * H,) stands in for the operator's running
+    statistics, which mxnet requires to be graph inputs; the operator updates
+    it in place and never reads it in training mode (the running statistics
+    kept during training come from the sums the loss graph returns).
+    """
+    zg = F.reshape(F.reshape_like(z, shape, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2),
+                   shape=(0, -3, 0))                        # (G, g * windows, H)
+    zc = F.reshape(F.swapaxes(zg, 0, 1), shape=(0, -3))      # (g * windows, G * H)
+    grid = F.reshape(scratch, shape=(-1, DENSE_HIDDEN))      # (G, H)
+
+    def per_group(p):
+        return F.reshape(F.broadcast_like(F.reshape(p, shape=(1, -1)), grid), shape=(-1,))
+
+    y = F.BatchNorm(zc, per_group(gamma), per_group(beta), scratch, scratch, eps=BN_EPSILON,
+                    fix_gamma=False, use_global_stats=False, axis=1)
+    y = F.swapaxes(F.reshape(y, shape=(0, -4, -1, DENSE_HIDDEN)), 0, 1)
+    return F.reshape_like(y, z)
 
 
 class EvalGraph(_OverCore):

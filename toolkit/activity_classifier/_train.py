@@ -111,17 +111,6 @@ def augmented_chunks(values, sessions, label_ids, train_mask, prediction_window,
     return chunks
 
 
-def _group_matrix(groups):
-    """``groups[i, j]``: 1 / (windows of the group) when chunks i and j share a group."""
-    n = sum(len(g) for g in groups)
-    m = np.zeros((n, n), np.float32)
-    pos = 0
-    for g in groups:
-        m[pos:pos + len(g), pos:pos + len(g)] = 1.0 / (len(g) * _T)
-        pos += len(g)
-    return m
-
-
 def _dropout_masks(rng, n):
     keep_in = rng.random_sample((n, _T, _net.CONV_FILTERS)) >= DROPOUT_IN
     keep_out = rng.random_sample((n, _T, _net.DENSE_HIDDEN)) >= DROPOUT_OUT
@@ -165,7 +154,7 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
                     sel = idx[pos]
                     data, lab, w = chunks["data"][sel], chunks["labels"][sel], \
                         chunks["weights"][sel]
-                    mi, mo, gm = mask_in[pos], mask_out[pos], _group_matrix(groups)
+                    mi, mo = mask_in[pos], mask_out[pos]
                 else:
                     # A device without a share this step still contributes (zero)
                     # gradients, so every copy of the weights takes the same update.
@@ -173,12 +162,11 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
                     lab = np.zeros((1, _T), np.float32)
                     w = np.zeros((1, _T), np.float32)
                     mi, mo = mask_in[:1], mask_out[:1]
-                    gm = np.full((1, 1), 1.0 / _T, np.float32)
                 h, c = _net.zero_states(len(data), ctx)
                 nll, correct, s1, s2 = graphs.loss(
                     nd.array(data, ctx=ctx), h, c, nd.array(lab, ctx=ctx),
                     nd.array(w, ctx=ctx), nd.array(mi, ctx=ctx), nd.array(mo, ctx=ctx),
-                    nd.array(gm, ctx=ctx))
+                    BN_GROUP)
                 heads.append(nll.sum() / wsum)
                 outs.append((nll, correct, s1, s2, float(w.sum()), len(data) if groups else 0))
         autograd.backward(heads)
