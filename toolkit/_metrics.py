@@ -118,21 +118,30 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
     label_ids = list(range(len(classes)))
     if "accuracy" in names:
         result["accuracy"] = float(np.mean(true_ids == pred_ids))
-    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score),
-                     ("f1_score", skm.f1_score)):
-        if name in names:
-            result[name] = float(fn(true_ids, pred_ids, labels=label_ids, average="macro",
-                                    zero_division=0))
+    wanted = [n for n in ("precision", "recall", "f1_score") if n in names]
+    if wanted:
+        # One call gives all three (precision_score & co. each make it and keep one):
+        # the label checks and counts over every row are done once, not three times.
+        prf = skm.precision_recall_fscore_support(true_ids, pred_ids, labels=label_ids,
+                                                  average="macro", zero_division=0)
+        for name, value in zip(("precision", "recall", "f1_score"), prf[:3]):
+            if name in wanted:
+                result[name] = float(value)
     kt, kp = true_ids[known], probs[known]
     if "log_loss" in names:
         p = np.clip(kp[np.arange(len(kt)), kt], 1e-15, 1.0) if len(kt) else np.array([np.nan])
         result["log_loss"] = float(-np.mean(np.log(p)))
-    if "auc" in names:
-        aucs = []
+    curves = {}
+    if "auc" in names or "roc_curve" in names:
+        # One ROC curve per class serves both: roc_auc_score is the area under this
+        # same curve (roc_curve's defaults, then auc), so computing it separately
+        # only sorted every class's scores a second time.
         for i in label_ids:
             pos = kt == i
             if pos.any() and (~pos).any():
-                aucs.append(skm.roc_auc_score(pos, kp[:, i]))
+                curves[i] = (pos, skm.roc_curve(pos, kp[:, i]))
+    if "auc" in names:
+        aucs = [skm.auc(fpr, tpr) for _, (fpr, tpr, _) in curves.values()]
         result["auc"] = float(np.mean(aucs)) if aucs else float("nan")
     if "confusion_matrix" in names:
         frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
@@ -145,13 +154,10 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
             .reset_index())
     if "roc_curve" in names:
         parts = []
-        for i in label_ids:
-            pos = kt == i
-            if pos.any() and (~pos).any():
-                fpr, tpr, thr = skm.roc_curve(pos, kp[:, i])
-                parts.append(pd.DataFrame({"class": classes[i], "threshold": thr,
-                                           "fpr": fpr, "tpr": tpr,
-                                           "p": int(pos.sum()), "n": int((~pos).sum())}))
+        for i, (pos, (fpr, tpr, thr)) in curves.items():
+            parts.append(pd.DataFrame({"class": classes[i], "threshold": thr,
+                                       "fpr": fpr, "tpr": tpr,
+                                       "p": int(pos.sum()), "n": int((~pos).sum())}))
         result["roc_curve"] = (pd.concat(parts, ignore_index=True) if parts else
                                pd.DataFrame(columns=["class", "threshold", "fpr", "tpr", "p", "n"]))
     return result

@@ -138,7 +138,8 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
     nd, autograd = mx().nd, mx().autograd
     n = len(chunks["data"])
     order = rng.permutation(n)
-    tot_loss = tot_correct = tot_weight = 0.0
+    totals = (0.0, 0.0, 0.0)
+    pending = None
     mine = run.my_slots()
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
@@ -171,17 +172,32 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
                 outs.append((nll, correct, s1, s2, float(w.sum()), len(data) if groups else 0))
         autograd.backward(heads)
         run.trainer.step(1)
-        s1_all = s2_all = 0.0
-        count = 0
-        for nll, correct, s1, s2, wl, nl in outs:
-            tot_loss += float(nll.sum().asscalar())
-            tot_correct += float(correct.sum().asscalar())
-            tot_weight += wl
-            if nl:
-                s1_all = s1_all + s1.asnumpy().astype(np.float64)
-                s2_all = s2_all + s2.asnumpy().astype(np.float64)
-                count += nl * _T
-        stats.update(s1_all, s2_all, count)
+        # The previous step's metrics are read only now, after this step is queued:
+        # reading them waits for mxnet's engine, and waiting before preparing the next
+        # batch (masks, copies) kept the engine idle meanwhile. Same values, same order.
+        if pending is not None:
+            totals = _add_step(pending, totals, stats)
+        pending = outs
+    if pending is not None:
+        totals = _add_step(pending, totals, stats)
+    return totals
+
+
+def _add_step(outs, totals, stats):
+    """``totals`` (correct, loss, weight) plus one step's, and its batch-norm statistics
+    folded into ``stats``."""
+    tot_correct, tot_loss, tot_weight = totals
+    s1_all = s2_all = 0.0
+    count = 0
+    for nll, correct, s1, s2, wl, nl in outs:
+        tot_loss += float(nll.sum().asscalar())
+        tot_correct += float(correct.sum().asscalar())
+        tot_weight += wl
+        if nl:
+            s1_all = s1_all + s1.asnumpy().astype(np.float64)
+            s2_all = s2_all + s2.asnumpy().astype(np.float64)
+            count += nl * _T
+    stats.update(s1_all, s2_all, count)
     return tot_correct, tot_loss, tot_weight
 
 
