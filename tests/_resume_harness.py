@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -63,3 +64,21 @@ def kill_and_resume(script, tmp_path, kill_at, timeout=300):
     killed_at = checkpoint_iteration(ckpt)
     log = _run(script, "resume", ckpt, resumed, timeout)
     return np.load(full), np.load(resumed), killed_at, log
+
+
+def check_resumed_equals_uninterrupted(script_text, tmp_path, kill_at, iterations, atol=1e-5):
+    """Write ``script_text`` (dedented) as the training script and run :func:`kill_and_resume`.
+
+    Checks that the checkpointing run really was killed part-way (at an iteration from
+    ``kill_at`` to ``iterations - 1``), that the resumed run says it continues from that
+    iteration of ``iterations``, and that its predictions equal the uninterrupted run's
+    within ``atol``. Returns ``(killed_at, log)`` for further checks.
+    """
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(script_text))
+    full, resumed, killed_at, log = kill_and_resume(script, tmp_path, kill_at=kill_at)
+    assert killed_at is not None and kill_at <= killed_at < iterations, \
+        f"killed at iteration {killed_at}, expected {kill_at} to {iterations - 1}"
+    assert f"at iteration {killed_at} of {iterations}" in log, log[-3000:]
+    np.testing.assert_allclose(resumed, full, rtol=0, atol=atol)
+    return killed_at, log

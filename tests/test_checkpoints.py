@@ -6,7 +6,6 @@ The object detector's checkpoint tests live in test_object_detector_training.py.
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import toolkit as tc
 from toolkit import _checkpoint, _model, _model_file
 from toolkit.errors import CheckpointMismatchError, InvalidParameterError, UnsupportedVersionError
 
-from _resume_harness import kill_and_resume
+from _resume_harness import check_resumed_equals_uninterrupted
 from conftest import WATCH_FEATURES
 
 AC_SCRIPT = """
@@ -58,28 +57,14 @@ np.save(out, np.stack(model.predict(test, output_type="probability_vector").to_n
 """
 
 
-def _script(tmp_path, text):
-    path = tmp_path / "train.py"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 @pytest.mark.slow
 def test_activity_classifier_killed_and_resumed_equals_uninterrupted(tmp_path):
-    full, resumed, killed_at, log = kill_and_resume(_script(tmp_path, AC_SCRIPT), tmp_path,
-                                                    kill_at=4)
-    assert killed_at is not None and 4 <= killed_at < 20, killed_at
-    assert f"at iteration {killed_at} of 20" in log
-    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-5)
+    check_resumed_equals_uninterrupted(AC_SCRIPT, tmp_path, kill_at=4, iterations=20)
 
 
 @pytest.mark.slow
 def test_image_classifier_killed_and_resumed_equals_uninterrupted(tmp_path):
-    full, resumed, killed_at, log = kill_and_resume(_script(tmp_path, IC_SCRIPT), tmp_path,
-                                                    kill_at=10)
-    assert killed_at is not None and 10 <= killed_at < 150, killed_at
-    assert f"at iteration {killed_at} of 150" in log
-    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-5)
+    check_resumed_equals_uninterrupted(IC_SCRIPT, tmp_path, kill_at=10, iterations=150)
 
 
 # --- in-process behaviour (activity classifier: fast) -------------------------------------

@@ -1,6 +1,5 @@
 """The image classifier's fine-tune path: create(fine_tune=...), resume, exports, 'auto'."""
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import toolkit as tc
 from toolkit.errors import InvalidParameterError
 from toolkit.image_classifier import _finetune, _net
 
-from _resume_harness import kill_and_resume
+from _resume_harness import check_resumed_equals_uninterrupted
 
 FT = {"epochs": 2}
 
@@ -169,12 +168,7 @@ np.save(out, np.stack(model.predict(test, output_type="probability_vector").to_n
 
 @pytest.mark.slow
 def test_fine_tune_killed_and_resumed_equals_uninterrupted(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(FT_SCRIPT))
-    full, resumed, killed_at, log = kill_and_resume(script, tmp_path, kill_at=2)
-    assert killed_at is not None and 2 <= killed_at < 6, killed_at
-    assert f"at iteration {killed_at} of 6" in log
-    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-5)
+    check_resumed_equals_uninterrupted(FT_SCRIPT, tmp_path, kill_at=2, iterations=6)
 
 
 def test_fine_tune_on_two_devices_equals_one(three_digits):

@@ -5,7 +5,6 @@ A grid model reads 11,520 features (3x3 grid of the head's 7x7 map) instead of t
 the 'auto' choice are checked here.
 """
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import toolkit as tc
 from toolkit.errors import DataError, InvalidParameterError
 from toolkit.image_classifier import _data, _net, _train
 
-from _resume_harness import kill_and_resume
+from _resume_harness import check_resumed_equals_uninterrupted
 
 GRID = _net.num_features("grid")
 
@@ -216,12 +215,7 @@ np.save(out, np.stack(model.predict(test, output_type="probability_vector").to_n
 
 @pytest.mark.slow
 def test_grid_model_killed_and_resumed_equals_uninterrupted(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(IC_GRID_SCRIPT))
-    full, resumed, killed_at, log = kill_and_resume(script, tmp_path, kill_at=10)
-    assert killed_at is not None and 10 <= killed_at < 150, killed_at
-    assert f"at iteration {killed_at} of 150" in log
-    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-5)
+    check_resumed_equals_uninterrupted(IC_GRID_SCRIPT, tmp_path, kill_at=10, iterations=150)
 
 
 def test_grid_model_on_two_devices_equals_one(three_digits):
