@@ -4,8 +4,10 @@ Times, side by side in one run (interleaved rounds, ``--threads`` threads each),
 training step of the activity classifier's shapes (batch 32 chunks, 20 windows of
 100 rows, 6 features; LSTM 64 -> 200):
 
-* ``mx lstm``: mxnet's LSTM layer alone (Gluon ``rnn.LSTM``, the fused ``RNN``
-  operator, hybridized), forward and backward on a (32, 20, 64) input;
+* ``mx lstm``: the toolkit's LSTM layer alone (mxnet's fused ``RNN`` operator on
+  one flat weight vector, hybridized), forward and backward on a (32, 20, 64) input;
+* ``gluon lstm``: Gluon's ``rnn.LSTM`` alone (the same operator, but its four weight
+  arrays concatenated into that vector on every call), same input;
 * ``torch lstm``: PyTorch's ``nn.LSTM`` alone, forward and backward, same shapes;
 * ``mx step``: the toolkit's whole training step (its own loss graph, Adam), as the
   bare Gluon loop of ``benchmarks/peers.py`` runs it (host-drawn dropout masks included);
@@ -50,17 +52,27 @@ def main(argv=None):
     rng = np.random.RandomState(0)
 
     # LSTMs alone.
-    mx_lstm = gluon.rnn.LSTM(_net.LSTM_HIDDEN, layout="NTC", input_size=64)
-    mx_lstm.initialize()
-    mx_lstm.hybridize(static_alloc=True, static_shape=True)
+    from toolkit.activity_classifier import _graphs
+    mx_lstm = _graphs.PackedLSTM(_net.LSTM_HIDDEN, 64)
+    gluon_lstm = gluon.rnn.LSTM(_net.LSTM_HIDDEN, layout="NTC", input_size=64)
+    for block in (mx_lstm, gluon_lstm):
+        block.initialize(mx().init.Xavier())
+        block.hybridize(static_alloc=True, static_shape=True)
     x_mx = nd.array(rng.normal(size=(B, T, 64)))
     x_mx.attach_grad()
+    h0, c0 = _net.zero_states(B)
     t_lstm = torch.nn.LSTM(64, _net.LSTM_HIDDEN, batch_first=True)
     x_t = torch.from_numpy(rng.normal(size=(B, T, 64)).astype(np.float32)).requires_grad_()
 
     def mx_lstm_step():
         with autograd.record():
-            y = mx_lstm(x_mx)
+            y, _, _ = mx_lstm(x_mx, h0, c0)
+        y.backward()
+        x_mx.grad.wait_to_read()
+
+    def gluon_lstm_step():
+        with autograd.record():
+            y = gluon_lstm(x_mx)
         y.backward()
         x_mx.grad.wait_to_read()
 
@@ -102,7 +114,8 @@ def main(argv=None):
         net.loss(xt, yt, wt, split, mi, mo).backward()
         opt.step()
 
-    sides = {"mx lstm": mx_lstm_step, "torch lstm": torch_lstm_step, "mx step": mx_step,
+    sides = {"mx lstm": mx_lstm_step, "gluon lstm": gluon_lstm_step,
+             "torch lstm": torch_lstm_step, "mx step": mx_step,
              "torch step": torch_step}
     for fn in sides.values():          # warm-up: graph building, allocations
         for _ in range(3):
@@ -121,6 +134,7 @@ def main(argv=None):
         print(f"  {k:11s} {v:7.2f} ms  (min {min(times[k]):.2f}, max {max(times[k]):.2f})")
     print(f"mxnet LSTM alone / PyTorch whole step: {med['mx lstm'] / med['torch step']:.2f}")
     print(f"mxnet LSTM / PyTorch LSTM:             {med['mx lstm'] / med['torch lstm']:.2f}")
+    print(f"Gluon rnn.LSTM / PyTorch LSTM:         {med['gluon lstm'] / med['torch lstm']:.2f}")
     print(f"toolkit step / PyTorch step:           {med['mx step'] / med['torch step']:.2f}")
     print(f"toolkit step without its LSTM / PyTorch step without its LSTM: "
           f"{(med['mx step'] - med['mx lstm']) / (med['torch step'] - med['torch lstm']):.2f}")

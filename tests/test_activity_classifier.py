@@ -450,10 +450,11 @@ def test_auto_iterations_depend_on_data_size():
 def test_weight_name_constants_are_the_networks_structural_names():
     """Exporters, training and checkpoints take weight names from _net: they must be
     exactly the names the network stores (a rename is then one edit there)."""
-    from toolkit._mx import structural_params
+    from toolkit._mx import get_weights, stored_shapes
     from toolkit.activity_classifier import _net
     core, _, _ = _net.build(3, 4, 10)
-    assert sorted(structural_params(core)) == sorted(_net.WEIGHT_NAMES)
+    assert sorted(stored_shapes(core)) == sorted(_net.WEIGHT_NAMES)
+    assert sorted(get_weights(core)) == sorted(_net.WEIGHT_NAMES)
 
 
 # The loss graph reads neither the stored running statistics nor the top layer's
@@ -465,14 +466,14 @@ def test_training_loss_normalises_each_group_with_its_own_statistics(hybridize):
     normalised with its own mean and biased variance, then gamma and beta; the loss
     graph's per-window loss equals that arithmetic done in numpy on the trunk's outputs,
     also when only evaluated (outside autograd.record())."""
-    from toolkit._mx import mx, set_weights, structural_params
+    from toolkit._mx import mx, set_weights, stored_shapes
     from toolkit.activity_classifier import _net
     nd = mx().nd
     n, T, pw, features, classes, group = 21, 20, 5, 3, 4, 8
     core, _, graphs = _net.build(features, classes, pw)
     rng = np.random.RandomState(0)
-    set_weights(core, {name: rng.normal(0, 0.3, p.shape).astype(np.float32)
-                       for name, p in structural_params(core).items()})
+    set_weights(core, {name: rng.normal(0, 0.3, shape).astype(np.float32)
+                       for name, shape in stored_shapes(core).items()})
     if hybridize:
         graphs.hybridize()
     x = nd.array(rng.normal(size=(n, T * pw, features)))

@@ -82,13 +82,13 @@ def test_oldest_and_newest_mxnet_load_each_others_files():
 _PROBE = r"""
 import json, sys
 import numpy as np
-from toolkit._mx import mx, set_weights, structural_params
+from toolkit._mx import mx, set_weights, stored_shapes
 from toolkit.activity_classifier import _net
 
 core, pred, graphs = _net.build(6, 4, 10)
 rng = np.random.RandomState(0)
-set_weights(core, {name: rng.normal(0, 0.2, p.shape).astype(np.float32)
-                   for name, p in structural_params(core).items()})
+set_weights(core, {name: rng.normal(0, 0.2, shape).astype(np.float32)
+                   for name, shape in stored_shapes(core).items()})
 pred.hybridize()
 graphs.hybridize()
 nd = mx().nd
@@ -100,7 +100,7 @@ keep_in, keep_out = nd.ones((3, 20, _net.CONV_FILTERS)), nd.ones((3, 20, _net.DE
 with mx().autograd.record():    # the 3 chunks form one batch-norm group
     total = graphs.loss(x, h, c, label, weight, keep_in, keep_out, 3)[0].sum()
 total.backward()
-grad = core.lstm.l0_i2h_weight.grad().asnumpy()
+grad = core.lstm.packed.grad().asnumpy()[:800 * 64]     # the input-to-hidden weights
 print(json.dumps({"probs": probs.tolist(), "grad_norm": float(np.linalg.norm(grad))}))
 """
 

@@ -76,8 +76,67 @@ def structural_params(block, prefix=""):
     return unique
 
 
+#: Attribute of a Parameter that holds several stored arrays in one flat array
+#: (see :func:`pack_pieces`).
+_PIECES = "_toolkit_pieces"
+
+
+def pack_pieces(param, pieces):
+    """Declare that ``param`` (1-D) holds the arrays ``pieces`` back to back.
+
+    ``pieces``: ``((suffix, shape), ...)`` in storage order; each is stored
+    under the structural name of ``param`` with its last part replaced by the
+    suffix (``lstm.packed`` -> ``lstm.l0_i2h_weight``). Model files,
+    checkpoints and exporters then see the pieces, not the flat array: a
+    network may hold an operator's weights in the operator's own packed form
+    (mxnet's fused ``RNN`` takes one flat vector) without changing its files.
+    """
+    size = sum(int(np.prod(shape)) for _, shape in pieces)
+    if tuple(param.shape) != (size,):
+        raise ValueError(f"{param.name}: shape {param.shape} does not hold pieces of "
+                         f"{size} values")
+    setattr(param, _PIECES, tuple((suffix, tuple(shape)) for suffix, shape in pieces))
+
+
+def stored_pieces(name, param):
+    """``[(stored name, shape)]`` of one parameter: itself, or the pieces it packs."""
+    pieces = getattr(param, _PIECES, None)
+    if pieces is None:
+        return [(name, tuple(param.shape))]
+    base = name.rpartition(".")[0]
+    return [(f"{base}.{suffix}" if base else suffix, shape) for suffix, shape in pieces]
+
+
+def unpack(name, param, array):
+    """``{stored name: array}`` of one parameter's value (or a same-shaped state)."""
+    if getattr(param, _PIECES, None) is None:
+        return {name: array}
+    out, start, flat = {}, 0, array.reshape(-1)
+    for stored, shape in stored_pieces(name, param):
+        size = int(np.prod(shape))
+        out[stored] = flat[start:start + size].reshape(shape)
+        start += size
+    return out
+
+
+def pack(name, param, arrays):
+    """One parameter's value from ``{stored name: array}`` (the inverse of unpack)."""
+    if getattr(param, _PIECES, None) is None:
+        return np.asarray(arrays[name], dtype=np.float32)
+    return np.concatenate([np.asarray(arrays[stored], dtype=np.float32).reshape(-1)
+                           for stored, _ in stored_pieces(name, param)])
+
+
+def stored_shapes(block):
+    """``{stored name: shape}``: the arrays a model file holds for ``block``."""
+    out = {}
+    for name, p in structural_params(block).items():
+        out.update(stored_pieces(name, p))
+    return out
+
+
 def get_weights(block, ctx=None):
-    """Structural name -> float32 numpy array of every parameter of ``block``.
+    """Stored name -> float32 numpy array of every parameter of ``block``.
 
     ``ctx``: the device to read from when the parameters live on several
     (their copies are equal between optimizer steps); default: the first.
@@ -85,7 +144,7 @@ def get_weights(block, ctx=None):
     out = {}
     for name, p in structural_params(block).items():
         data = p.data(ctx) if ctx is not None else p.list_data()[0]
-        out[name] = data.asnumpy().astype(np.float32)
+        out.update(unpack(name, p, data.asnumpy().astype(np.float32)))
     return out
 
 
@@ -99,11 +158,12 @@ def set_weights(block, weights, what="model"):
     layout that a plain copy does not handle.
     """
     params = structural_params(block)
-    missing = sorted(set(params) - set(weights))
-    unexpected = sorted(set(weights) - set(params))
+    shapes = stored_shapes(block)
+    missing = sorted(set(shapes) - set(weights))
+    unexpected = sorted(set(weights) - set(shapes))
     wrong = []
-    for name in sorted(set(params) & set(weights)):
-        expected = tuple(params[name].shape)
+    for name in sorted(set(shapes) & set(weights)):
+        expected = shapes[name]
         got = tuple(np.shape(weights[name]))
         if expected != got and not (0 in expected and len(expected) == len(got)):
             wrong.append(f"{name}: expected {expected}, got {got}")
@@ -117,4 +177,4 @@ def set_weights(block, weights, what="model"):
     for name, p in params.items():
         # Networks are built with every input size given, so parameters are
         # never deferred and set_data works right after initialize().
-        p.set_data(nd.array(np.asarray(weights[name], dtype=np.float32)))
+        p.set_data(nd.array(pack(name, p, weights)))

@@ -23,7 +23,7 @@ them (and says so).
 import numpy as np
 
 from . import config
-from ._mx import mx, structural_params
+from ._mx import mx, pack, stored_pieces, structural_params, unpack
 
 
 class Setup:
@@ -119,17 +119,20 @@ def optimizer_arrays(setup_):
     if setup_.cluster is not None:
         return None, {}
     updater = _updaters(setup_.trainer)[0]
-    names = list(setup_.params)
     arrays, counts = {}, {}
     optimizer = updater.optimizer
     device_counts = _counts(optimizer)
     per_device = device_counts.get(setup_.ctxs[0].device_id, device_counts.get(0, {}))
-    for idx, name in enumerate(names):
+    # Stored under the weights' stored names: a parameter that packs several
+    # stored arrays (toolkit._mx.pack_pieces) has its state split the same way.
+    for idx, (name, param) in enumerate(setup_.params.items()):
+        stored = [n for n, _ in stored_pieces(name, param)]
         if idx in updater.states:
             for k, a in enumerate(_state_arrays(updater.states[idx])):
-                arrays[f"{name}/{k}"] = a.asnumpy().astype(np.float32)
+                for piece, v in unpack(name, param, a.asnumpy().astype(np.float32)).items():
+                    arrays[f"{piece}/{k}"] = v
         if idx in per_device:
-            counts[name] = int(per_device[idx])
+            counts.update({n: int(per_device[idx]) for n in stored})
     meta = {"optimizer": type(optimizer).__name__.lower(), "num_update": int(optimizer.num_update),
             "counts": counts}
     return meta, arrays
@@ -181,16 +184,27 @@ def restore_optimizer(setup_, meta, arrays):
     if meta is None or setup_.cluster is not None:
         return False
     nd = mx().nd
-    names = list(setup_.params)
-    _check_optimizer_names(names, meta, arrays)
+    pieces = {name: [n for n, _ in stored_pieces(name, p)] for name, p in setup_.params.items()}
+    _check_optimizer_names([n for names in pieces.values() for n in names], meta, arrays)
     for updater, ctx in zip(_updaters(setup_.trainer), setup_.ctxs):
         optimizer = updater.optimizer
-        for idx, name in enumerate(names):
-            stored = [arrays[f"{name}/{k}"] for k in range(len(arrays))
-                      if f"{name}/{k}" in arrays]
-            if not stored:
+        for idx, (name, param) in enumerate(setup_.params.items()):
+            first = pieces[name][0]
+            count = sum(1 for k in range(len(arrays)) if f"{first}/{k}" in arrays)
+            if not count:
                 continue
-            weight = setup_.params[name].data(ctx)
+            gaps = [f"{n}/{k}" for k in range(count) for n in pieces[name]
+                    if f"{n}/{k}" not in arrays]
+            if gaps:
+                from .errors import CheckpointError
+                raise CheckpointError(
+                    f"The checkpoint's optimizer state is incomplete: {', '.join(gaps[:6])} "
+                    f"missing (the state of {name} is stored as {len(pieces[name])} arrays "
+                    "per slot). The file is damaged or was edited; resume from another "
+                    "checkpoint or start again.")
+            stored = [pack(name, param, {n: arrays[f"{n}/{k}"] for n in pieces[name]})
+                      for k in range(count)]
+            weight = param.data(ctx)
             fresh = optimizer.create_state_multi_precision(idx, weight)
             slots = _state_arrays(fresh)
             for dst, src in zip(slots, stored):
@@ -200,8 +214,8 @@ def restore_optimizer(setup_, meta, arrays):
         every = getattr(optimizer, "_all_index_update_counts", None)
         target = every.setdefault(ctx.device_id, {}) if every is not None \
             else optimizer._index_update_count
-        for idx, name in enumerate(names):
-            if name in meta["counts"]:
-                target[idx] = int(meta["counts"][name])
+        for idx, name in enumerate(setup_.params):
+            if pieces[name][0] in meta["counts"]:
+                target[idx] = int(meta["counts"][pieces[name][0]])
         optimizer.num_update = int(meta["num_update"])
     return True

@@ -29,6 +29,15 @@ DENSE0_WEIGHT, DENSE0_BIAS = "dense0.weight", "dense0.bias"
 BN_GAMMA, BN_BETA = "bn.gamma", "bn.beta"
 BN_MEAN, BN_VAR = "bn.running_mean", "bn.running_var"
 DENSE1_WEIGHT, DENSE1_BIAS = "dense1.weight", "dense1.bias"
+
+
+def lstm_pieces(hidden, input_size):
+    """The LSTM's stored arrays in the order mxnet's fused ``RNN`` operator reads
+    them from its one flat weight vector (suffixes of ``lstm.``; gates i, f, c, o)."""
+    return (("l0_i2h_weight", (4 * hidden, input_size)), ("l0_h2h_weight", (4 * hidden, hidden)),
+            ("l0_i2h_bias", (4 * hidden,)), ("l0_h2h_bias", (4 * hidden,)))
+
+
 WEIGHT_NAMES = (CONV_WEIGHT, CONV_BIAS, LSTM_I2H_WEIGHT, LSTM_H2H_WEIGHT, LSTM_I2H_BIAS,
                 LSTM_H2H_BIAS, DENSE0_WEIGHT, DENSE0_BIAS, BN_GAMMA, BN_BETA, BN_MEAN, BN_VAR,
                 DENSE1_WEIGHT, DENSE1_BIAS)

@@ -65,7 +65,7 @@ import warnings
 import numpy as np
 
 from .. import _training
-from .._mx import get_weights, mx, structural_params
+from .._mx import get_weights, mx, stored_shapes, structural_params
 from .._progress import ProgressTable, say
 from . import _data, _net
 
@@ -305,7 +305,7 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
         n_avg = int(extra.get("averaged", 0))
         if n_avg:
             avg = resume.arrays_under("average")
-            _training.check_names(avg, structural_params(core), "running weight average",
+            _training.check_names(avg, stored_shapes(core), "running weight average",
                                   resume.path)
         resume.check_all_used()
         rng = resume.rng()
