@@ -207,6 +207,63 @@ def test_chunks_of_unsorted_rows_equal_chunks_of_sorted_rows():
         np.testing.assert_array_equal(_data.to_rows(window, fast, sessions, pw), rows // pw)
 
 
+def _plain_training_chunks(values, lengths, pw, labels, num_classes, offsets, mask, gains):
+    """Training chunks cut the plain way, session by session: skip the offset, scale by
+    the session's gains, zero-pad to whole chunks; a window's label is its rows'
+    most frequent (ties to the smaller class id)."""
+    T = 20
+    data, weights, labs, owner = [], [], [], []
+    start = 0
+    for s, n in enumerate(lengths):
+        rows = slice(start + offsets[s], start + n)
+        start += n
+        if not mask[s]:
+            continue
+        block = values[rows] * gains[s].astype(np.float32)
+        block_labels = labels[rows]
+        n_windows = -(-len(block) // pw)
+        n_chunks = -(-n_windows // T)
+        padded = np.zeros((n_chunks * T * pw, values.shape[1]), np.float32)
+        padded[:len(block)] = block
+        data.append(padded.reshape(n_chunks, T * pw, -1))
+        w = np.zeros(n_chunks * T, np.float32)
+        w[:n_windows] = 1
+        weights.append(w.reshape(n_chunks, T))
+        lab = np.zeros(n_chunks * T, np.float32)
+        for k in range(n_windows):
+            lab[k] = np.bincount(block_labels[k * pw:(k + 1) * pw], minlength=num_classes).argmax()
+        labs.append(lab.reshape(n_chunks, T))
+        owner += [s] * n_chunks
+    return np.concatenate(data), np.concatenate(weights), np.concatenate(labs), np.array(owner)
+
+
+@pytest.mark.parametrize("mean_length", [5, 60, 3000])    # scattered rows / session slices
+def test_training_chunks_equal_chunks_cut_session_by_session(mean_length):
+    """Each epoch's chunks (random offsets, channel gains, a hold-out mask) are exactly
+    the chunks cut session by session with those offsets and gains, and each window's
+    label is the majority of its rows'."""
+    from toolkit.activity_classifier import _data
+    rng = np.random.RandomState(mean_length)
+    for _ in range(5):
+        lengths = rng.randint(1, 2 * mean_length, size=rng.randint(1, 12))
+        pw, features, classes = int(rng.randint(1, 40)), 3, 4
+        sessions = _data.Sessions(np.repeat(np.arange(len(lengths)), lengths))
+        values = rng.standard_normal((lengths.sum(), features)).astype(np.float32)
+        labels = rng.randint(0, classes, lengths.sum())
+        offsets = rng.randint(0, pw, len(lengths)) * (lengths > pw)
+        mask = rng.rand(len(lengths)) < 0.7
+        mask[0] = True
+        gains = np.exp(rng.normal(0, 0.3, (len(lengths), features)))
+        got = _data.chunk(values, sessions, pw, labels, classes, offsets=offsets,
+                          session_mask=mask, gains=gains)
+        data, weights, labs, owner = _plain_training_chunks(values, lengths, pw, labels,
+                                                           classes, offsets, mask, gains)
+        np.testing.assert_array_equal(got["data"], data)
+        np.testing.assert_array_equal(got["weights"], weights)
+        np.testing.assert_array_equal(got["labels"], labs)
+        np.testing.assert_array_equal(got["session"], owner)
+
+
 @pytest.mark.parametrize("ids", [
     np.array([3, 3, 1, 1, 1, 2], np.int32),         # grouped numbers: runs of equal ids
     np.array([3, 1, 3, 2], np.uint8),               # a number comes back: hashed
@@ -283,6 +340,32 @@ def test_evaluate_metrics(tiny_model, watch_small):
     assert r["confusion_matrix"]["count"].sum() == len(watch_small)
     assert tiny_model.evaluate(watch_small, metric="accuracy").keys() == {"accuracy",
                                                                           "unseen_labels"}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_evaluate_equals_the_metrics_of_every_row(tiny_model, watch_small, shuffle):
+    """evaluate() counts runs of rows that share a window and a label once, weighted by
+    their length: every metric equals the one computed on each row's own probabilities
+    (the last bits of log_loss aside), unseen labels and the report included."""
+    from toolkit._metrics import classifier_metrics
+    data = watch_small.copy()
+    data.loc[data.index[5:40:3], "exercise"] = "JUMP"     # unseen, inside windows
+    if shuffle:
+        data = data.sample(frac=1.0, random_state=0)
+    with pytest.warns(ToolkitWarning, match="JUMP"):
+        got = tiny_model.evaluate(data, "report")
+    per_row = np.stack(tiny_model.predict(data, output_type="probability_vector").to_numpy())
+    with pytest.warns(ToolkitWarning, match="JUMP"):
+        want = classifier_metrics(data["exercise"].to_numpy(), per_row, tiny_model.classes,
+                                  "report")
+    assert got.keys() == want.keys()
+    for name in want:
+        if isinstance(want[name], pd.DataFrame):
+            pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+        elif name == "log_loss":
+            assert got[name] == pytest.approx(want[name], rel=1e-6)
+        else:
+            assert got[name] == want[name], name
 
 
 def test_evaluate_with_unseen_labels_reports_them(tiny_model, watch_small):

@@ -79,7 +79,7 @@ def _positions(y, classes):
     return lut[codes]
 
 
-def classifier_metrics(y_true, probs, classes, metric="auto"):
+def classifier_metrics(y_true, probs, classes, metric="auto", counts=None):
     """Evaluate predictions of a classifier.
 
     Parameters
@@ -87,6 +87,12 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
     y_true : array of labels (any hashable values)
     probs : ndarray (n, C), probabilities in ``classes`` order
     classes : list of the model's classes (sorted)
+    counts : ndarray (n,) of positive ints, optional
+        How many rows each entry stands for (rows with the same label and the
+        same probabilities, e.g. the rows of one window). Every metric is the
+        one of the rows repeated that many times: the sums are exact integer
+        sums, so the results equal the repeated rows' (but for the last bits
+        of ``log_loss``, a weighted mean).
 
     Labels never seen in training are reported (``unseen_labels``, and a
     warning); they count as errors in accuracy and the confusion matrix, and
@@ -105,32 +111,39 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
     known = true_ids >= 0
     pred_ids = probs.argmax(axis=1)
     y_pred = _object_array(classes)[pred_ids]
+    weight = np.ones(len(y_true), np.int64) if counts is None else np.asarray(counts, np.int64)
+    sample_weight = None if counts is None else weight.astype(np.float64)
     result = {}
     unseen = {}
     if not known.all():
-        vals, counts = np.unique(y_true[~known].astype(str), return_counts=True)
-        unseen = {v: int(c) for v, c in zip(vals, counts)}
+        vals, inverse = np.unique(y_true[~known].astype(str), return_inverse=True)
+        unseen = {v: int(c) for v, c in zip(vals, np.bincount(inverse.reshape(-1),
+                                                              weight[~known]))}
         warnings.warn(
-            f"{int((~known).sum())} row(s) have labels never seen in training "
+            f"{int(weight[~known].sum())} row(s) have labels never seen in training "
             f"({', '.join(unseen)}); they count as errors in accuracy and are left out of "
             "auc, log_loss and roc_curve.", ToolkitWarning, stacklevel=3)
     result["unseen_labels"] = unseen
     label_ids = list(range(len(classes)))
     if "accuracy" in names:
-        result["accuracy"] = float(np.mean(true_ids == pred_ids))
+        result["accuracy"] = float(np.mean(true_ids == pred_ids)) if counts is None else \
+            float(weight[true_ids == pred_ids].sum() / weight.sum())
     wanted = [n for n in ("precision", "recall", "f1_score") if n in names]
     if wanted:
         # One call gives all three (precision_score & co. each make it and keep one):
         # the label checks and counts over every row are done once, not three times.
         prf = skm.precision_recall_fscore_support(true_ids, pred_ids, labels=label_ids,
-                                                  average="macro", zero_division=0)
+                                                  average="macro", zero_division=0,
+                                                  sample_weight=sample_weight)
         for name, value in zip(("precision", "recall", "f1_score"), prf[:3]):
             if name in wanted:
                 result[name] = float(value)
-    kt, kp = true_ids[known], probs[known]
+    kt, kp, kw = true_ids[known], probs[known], weight[known]
+    kw_sample = None if counts is None else sample_weight[known]
     if "log_loss" in names:
         p = np.clip(kp[np.arange(len(kt)), kt], 1e-15, 1.0) if len(kt) else np.array([np.nan])
-        result["log_loss"] = float(-np.mean(np.log(p)))
+        result["log_loss"] = float(-np.mean(np.log(p))) if counts is None or not len(kt) \
+            else float(-np.dot(kw_sample, np.log(p)) / kw.sum())
     curves = {}
     if "auc" in names or "roc_curve" in names:
         # One ROC curve per class serves both: roc_auc_score is the area under this
@@ -139,25 +152,25 @@ def classifier_metrics(y_true, probs, classes, metric="auto"):
         for i in label_ids:
             pos = kt == i
             if pos.any() and (~pos).any():
-                curves[i] = (pos, skm.roc_curve(pos, kp[:, i]))
+                curves[i] = (pos, skm.roc_curve(pos, kp[:, i], sample_weight=kw_sample))
     if "auc" in names:
         aucs = [skm.auc(fpr, tpr) for _, (fpr, tpr, _) in curves.values()]
         result["auc"] = float(np.mean(aucs)) if aucs else float("nan")
-    if "confusion_matrix" in names:
-        frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
-        result["confusion_matrix"] = (frame.groupby(["target_label", "predicted_label"])
-                                      .size().rename("count").reset_index())
-    if "report_by_class" in names:
-        frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred})
-        result["report_by_class"] = report_by_class(
-            frame.groupby(["target_label", "predicted_label"]).size().rename("count")
-            .reset_index())
+    if "confusion_matrix" in names or "report_by_class" in names:
+        frame = pd.DataFrame({"target_label": y_true, "predicted_label": y_pred,
+                              "count": weight})
+        confusion = (frame.groupby(["target_label", "predicted_label"])["count"].sum()
+                     .reset_index())
+        if "confusion_matrix" in names:
+            result["confusion_matrix"] = confusion
+        if "report_by_class" in names:
+            result["report_by_class"] = report_by_class(confusion)
     if "roc_curve" in names:
         parts = []
         for i, (pos, (fpr, tpr, thr)) in curves.items():
             parts.append(pd.DataFrame({"class": classes[i], "threshold": thr,
                                        "fpr": fpr, "tpr": tpr,
-                                       "p": int(pos.sum()), "n": int((~pos).sum())}))
+                                       "p": int(kw[pos].sum()), "n": int(kw[~pos].sum())}))
         result["roc_curve"] = (pd.concat(parts, ignore_index=True) if parts else
                                pd.DataFrame(columns=["class", "threshold", "fpr", "tpr", "p", "n"]))
     return result

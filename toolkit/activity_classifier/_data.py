@@ -108,7 +108,7 @@ def standardised_features(dataset, features, mean, std, name="dataset"):
 
 
 def chunk(values, sessions, prediction_window, labels=None, num_classes=None, offsets=None,
-          session_mask=None):
+          session_mask=None, gains=None):
     """Cut sessions into zero-padded chunks.
 
     Parameters
@@ -123,6 +123,9 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
         Rows to skip at the start of each session (training augmentation).
     session_mask : ndarray of bool, optional
         Which sessions to use.
+    gains : ndarray (n_sessions, F), optional
+        Each session's rows are multiplied by its row of gains (float32 products;
+        training augmentation). Padding stays zero.
 
     Returns
     -------
@@ -133,41 +136,55 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
     """
     pw = prediction_window
     L = pw * WINDOWS_PER_CHUNK
-    idx = np.arange(len(sessions))
-    if session_mask is not None:
-        idx = idx[session_mask]
-    off = np.zeros(len(sessions), np.int64) if offsets is None else np.asarray(offsets, np.int64)
-    starts = sessions.starts[idx] + off[idx]
-    lengths = np.maximum(sessions.lengths[idx] - off[idx], 0)
+    idx = np.arange(len(sessions)) if session_mask is None else np.flatnonzero(session_mask)
+    off = 0 if offsets is None else np.asarray(offsets, np.int64)[idx]
+    starts = sessions.starts[idx] + off
+    lengths = np.maximum(sessions.lengths[idx] - off, 0)
     n_windows = -(-lengths // pw)
     n_chunks = -(-n_windows // WINDOWS_PER_CHUNK)
-    chunk_session = np.repeat(idx, n_chunks)
-    first_chunk = np.concatenate([[0], np.cumsum(n_chunks)[:-1]])
-    within = np.arange(n_chunks.sum()) - np.repeat(first_chunk, n_chunks)
-    rel = within[:, None] * L + np.arange(L)[None, :]
-    chunk_len = np.repeat(lengths, n_chunks)
-    valid = rel < chunk_len[:, None]
-    rows = rel + np.repeat(starts, n_chunks)[:, None]
-    del rel
-    rows[~valid] = 0
-    # One gather, padding zeroed in place (float32 like ``values``: no float64 copy).
-    data = np.asarray(values, np.float32)[rows]
-    data[~valid] = 0.0
-    windows_valid = valid.reshape(len(rows), WINDOWS_PER_CHUNK, pw).any(axis=2)
+    first_chunk = np.concatenate([[0], np.cumsum(n_chunks)[:-1]]).astype(np.int64)
+    values = np.asarray(values, np.float32)
+    f = values.shape[1]
+    data = np.zeros((int(n_chunks.sum()), L, f), np.float32)
+    flat = data.reshape(-1, f)
+    # Each session's rows are one block of ``values`` and one block of the chunks.
+    dst = first_chunk * L
+    scale = None if gains is None else np.asarray(gains, np.float32)[idx]
+    if labels is not None or len(values) < _MIN_ROWS_PER_SLICE * max(len(idx), 1):
+        # Where every row comes from and goes to (labels need them anyway).
+        taken = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        step = np.arange(int(lengths.sum()), dtype=np.int64)
+        keep = lengths > 0
+        src = _repeat_runs((starts - taken)[keep], lengths[keep]) + step
+        to = _repeat_runs((dst - taken)[keep], lengths[keep]) + step
+    if len(values) >= _MIN_ROWS_PER_SLICE * max(len(idx), 1):
+        for s, (d, a, n) in enumerate(zip(dst.tolist(), starts.tolist(), lengths.tolist())):
+            if scale is None:
+                flat[d:d + n] = values[a:a + n]
+            else:
+                np.multiply(values[a:a + n], scale[s], out=flat[d:d + n])
+    else:
+        item = np.dtype((np.void, values.itemsize * f))
+        np.put(flat.view(item).reshape(-1), to,
+               np.ascontiguousarray(values).view(item).reshape(-1)[src])
+        if scale is not None:
+            data *= scale[np.repeat(np.arange(len(idx)), n_chunks)][:, None, :]
+    within = np.arange(len(data)) - np.repeat(first_chunk, n_chunks)
+    windows_left = np.repeat(n_windows, n_chunks) - within * WINDOWS_PER_CHUNK
     out = {
         "data": data,
-        "weights": windows_valid.astype(np.float32),
-        "session": chunk_session,
+        "weights": (np.arange(WINDOWS_PER_CHUNK)[None, :] < windows_left[:, None])
+        .astype(np.float32),
+        "session": np.repeat(idx, n_chunks),
         "first_window": within * WINDOWS_PER_CHUNK,
     }
     if labels is not None:
         # Label counts per window (one bincount, no one-hot array); argmax gives ties
         # to the first class in sorted order.
-        n_win = len(rows) * WINDOWS_PER_CHUNK
-        flat = np.flatnonzero(valid)
-        key = (flat // pw) * num_classes + np.asarray(labels)[rows.reshape(-1)[flat]]
+        n_win = len(data) * WINDOWS_PER_CHUNK
+        key = (to // pw) * num_classes + np.asarray(labels)[src]
         counts = np.bincount(key, minlength=n_win * num_classes)
-        out["labels"] = counts.reshape(len(rows), WINDOWS_PER_CHUNK, num_classes) \
+        out["labels"] = counts.reshape(len(data), WINDOWS_PER_CHUNK, num_classes) \
             .argmax(axis=2).astype(np.float32)
     return out
 

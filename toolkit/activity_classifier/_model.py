@@ -228,12 +228,6 @@ class ActivityClassifier(Model):
         per_row = self._to_rows(probs.reshape(-1, probs.shape[2]), ch, sessions)
         return per_row, (probs, ch, sessions)
 
-    def _sorted_row_probs(self, values, sessions):
-        """Per-row probabilities of standardised rows in ``sessions`` order."""
-        pw = self._state["prediction_window"]
-        probs = self._network(_data.chunk(values, sessions, pw)["data"])
-        return probs.reshape(-1, probs.shape[2])[_data.sorted_slots(sessions, pw) // pw]
-
     def _check_output_args(self, output_frequency, output_type=None, types=()):
         V.check_choice(output_frequency, "output_frequency", ("per_row", "per_window"))
         if output_type is not None:
@@ -387,13 +381,13 @@ class ActivityClassifier(Model):
         V.check_dataframe(dataset)
         V.check_columns_exist(dataset, [s["target"]], "target")
         y = V.normalised_labels(V.check_labels(dataset, s["target"], allow_bool=True))
-        per_row, _ = self._per_row_probs(dataset)
-        metrics = classifier_metrics(y, per_row, s["classes"], metric)
+        windows = _Windows.of_input(self, self._input_probs(dataset))
+        metrics = windows.metrics(None, y, metric)
         # Copies taken now, so the report shows this evaluation even if the caller
         # changes the DataFrame before calling explore().
         sessions = dataset[s["session_id"]].to_numpy(copy=True)
         values = V.numeric_features(dataset, s["features"])
-        predicted = np.asarray(s["classes"], dtype=object)[per_row.argmax(axis=1)]
+        predicted = windows.predicted()
         labels = np.array(y, dtype=object, copy=True)
         classes, features, window = list(s["classes"]), list(s["features"]), \
             s["prediction_window"]
@@ -463,8 +457,8 @@ class ActivityClassifier(Model):
         s.update(log)
         # The training_* fields describe the latest training data; the validation set
         # of create() played no part in this training, so its fields go.
-        s.update(_metric_state("training_", self, values, sessions, label_ids,
-                               np.ones(len(sessions), bool)))
+        s.update(_Windows.of_rows(self, values, sessions).metric_state(
+            "training_", label_ids, np.ones(len(sessions), bool)))
         for name in _SCALAR_METRICS + _FRAME_METRICS:
             s["validation_" + name] = None
         s.update(num_examples=int(len(dataset)), num_sessions=int(len(sessions)),
@@ -715,39 +709,86 @@ def _run_config(settings, data):
 def _recorded_metrics(model, data, target):
     """Turi Create's training_* / validation_* fields: evaluate() of the final model on
     the training rows and the validation rows (per row, as evaluate() does)."""
-    out = _metric_state("training_", model, data.values, data.sessions, data.label_ids,
-                        data.train_mask)
+    windows = _Windows.of_rows(model, data.values, data.sessions)
+    out = windows.metric_state("training_", data.label_ids, data.train_mask)
     if data.valid_frame is not None:
-        per_row, _ = model._per_row_probs(data.valid_frame, "validation_set")
         y = V.normalised_labels(data.valid_frame[target].to_numpy())
-        out.update(_metrics_from_probs("validation_", y, per_row, data.classes))
+        out.update(_Windows.of_input(model, model._input_probs(
+            data.valid_frame, "validation_set")).metrics("validation_", y))
     elif data.valid is not None:
-        out.update(_metric_state("validation_", model, data.values, data.sessions,
-                                 data.label_ids, ~data.train_mask))
+        out.update(windows.metric_state("validation_", data.label_ids, ~data.train_mask))
     return out
-
-
 
 
 # --- metrics fields ---------------------------------------------------------------
 
 
-def _metric_state(prefix, model, values, sessions, label_ids, session_mask):
-    """``prefix + metric`` state entries: the model evaluated per row on the sessions
-    of ``session_mask`` (standardised ``values`` and ``label_ids`` in sessions order)."""
-    probs = model._sorted_row_probs(values, sessions)
-    classes = model._state["classes"]
-    if session_mask.all():
-        # Every row (no hold-out): no copies of the probabilities and labels.
-        return _metrics_from_probs(prefix, np.asarray(classes, dtype=object)[label_ids],
-                                   probs, classes)
-    rows = np.repeat(session_mask, sessions.lengths)
-    labels = np.asarray(classes, dtype=object)[label_ids[rows]]
-    return _metrics_from_probs(prefix, labels, probs[rows], classes)
+class _Windows:
+    """Per-window probabilities and each row's window, for per-row metrics.
+
+    Every row of a window has the window's probabilities, so the per-row
+    metrics are those of the runs of consecutive rows that share a window and
+    a label, weighted by the runs' lengths (``classifier_metrics``' ``counts``):
+    the same values from about ``prediction_window`` times fewer entries.
+    """
+
+    def __init__(self, model, probs, row_windows, session_lengths=None):
+        self.classes = model._state["classes"]
+        self.probs = probs.reshape(-1, probs.shape[-1])      # (windows, C)
+        self.row_windows = row_windows                        # each row's window
+        self.session_lengths = session_lengths                # rows in sessions order
+
+    @classmethod
+    def of_input(cls, model, probs_info):
+        """Windows of ``_input_probs``' result (rows in input order)."""
+        probs, ch, sessions = probs_info
+        return cls(model, probs, model._to_rows(np.arange(probs.shape[0] * probs.shape[1]),
+                                                ch, sessions))
+
+    @classmethod
+    def of_rows(cls, model, values, sessions):
+        """Windows of standardised ``values`` in ``sessions`` order (rows in that order)."""
+        pw = model._state["prediction_window"]
+        probs = model._network(_data.chunk(values, sessions, pw)["data"])
+        return cls(model, probs, _data.sorted_slots(sessions, pw) // pw, sessions.lengths)
+
+    def predicted(self):
+        """Each row's predicted class."""
+        classes = np.asarray(self.classes, dtype=object)
+        return classes[self.probs.argmax(axis=1)][self.row_windows]
+
+    def metrics(self, prefix, y, metric="auto", rows=None):
+        """``classifier_metrics`` of labels ``y`` of the rows (or of ``rows`` of them)
+        as state entries (``prefix`` given) or, with ``prefix=None``, as it returns them."""
+        windows = self.row_windows if rows is None else self.row_windows[rows]
+        codes, uniques = V.factorize(y if rows is None else y[rows])
+        starts, counts = _runs(windows, codes)
+        m = classifier_metrics(np.asarray(uniques, dtype=object)[codes[starts]],
+                               self.probs[windows[starts]], self.classes, metric, counts)
+        return m if prefix is None else _state_entries(prefix, m)
+
+    def metric_state(self, prefix, label_ids, session_mask):
+        """State entries of the rows of the sessions in ``session_mask`` (rows in
+        sessions order, ``label_ids`` their classes' positions)."""
+        classes = np.asarray(self.classes, dtype=object)
+        rows = None if session_mask.all() else np.repeat(session_mask, self.session_lengths)
+        return self.metrics(prefix, classes[label_ids], rows=rows)
 
 
-def _metrics_from_probs(prefix, labels, probs, classes):
-    m = classifier_metrics(labels, probs, classes, "auto")
+def _runs(*keys):
+    """``(starts, lengths)`` of the runs of consecutive equal entries of ``keys``."""
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.zeros(n, bool)
+    change[0] = True
+    for k in keys:
+        change[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(change)
+    return starts, np.diff(np.append(starts, n))
+
+
+def _state_entries(prefix, m):
     out = {prefix + name: (float(m[name]) if np.isfinite(m[name]) else None)
            for name in _SCALAR_METRICS}
     out[prefix + "confusion_matrix"] = _frame_to_json(m["confusion_matrix"])

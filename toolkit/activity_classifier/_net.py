@@ -68,6 +68,14 @@ class Graphs:
             g.hybridize()
 
 
+def set_bn_statistics(core, mean, var):
+    """Batch norm's running mean and variance, into a network whose prediction graph
+    has not run yet (its other weights may have moved into mxnet's own layouts)."""
+    nd = mx().nd
+    for param, value in ((core.bn.running_mean, mean), (core.bn.running_var, var)):
+        param.set_data(nd.array(value.astype("float32")))
+
+
 def zero_states(batch, ctx=None):
     nd = mx().nd
     ctx = ctx or mx().cpu()

@@ -102,13 +102,8 @@ def augmented_chunks(values, sessions, label_ids, train_mask, prediction_window,
     gains = np.exp(rng.normal(0.0, CHANNEL_SCALE_STD, size=(len(sessions), values.shape[1])))
     offsets = rng.randint(0, prediction_window, size=len(sessions)) \
         * (sessions.lengths > prediction_window)
-    chunks = _data.chunk(values, sessions, prediction_window, label_ids, num_classes,
-                         offsets=offsets, session_mask=train_mask)
-    # Each chunk's rows scaled by its session's gains, in place after cutting: the
-    # same float32 products as scaling every row first, without a scaled copy of the
-    # data (padding stays zero).
-    chunks["data"] *= gains.astype(np.float32)[chunks["session"]][:, None, :]
-    return chunks
+    return _data.chunk(values, sessions, prediction_window, label_ids, num_classes,
+                       offsets=offsets, session_mask=train_mask, gains=gains)
 
 
 def _dropout_masks(rng, n):
@@ -267,11 +262,13 @@ def _quiet_gluon():
 
 def fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, batch_size,
         rng, verbose, first_iteration=1, checkpoint=None, resume=None):
-    """Train ``model`` in place; return the training log (metrics of the final weights).
+    """Train ``model`` in place; return the log: ``training_iterations``, ``progress``
+    and the final metrics' fields, None (see the end of :func:`_fit`).
 
     ``values`` are standardised rows in ``sessions`` order; ``valid`` is a chunk
-    table (or None). The final weights are the average described in the module
-    docstring; the metrics in the log are measured on them, without augmentation.
+    table (or None), evaluated after each epoch for the progress table. The final
+    weights are the average described in the module docstring, with batch norm's
+    statistics estimated on them; the caller measures the final model's metrics.
     ``checkpoint``: a dict with ``schedule`` (a :class:`toolkit._checkpoint.Schedule`)
     and the JSON ``config`` and ``fingerprint`` to write; ``resume``: a
     :class:`toolkit._checkpoint.Checkpoint` whose position training continues
@@ -345,18 +342,14 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     plain = _data.chunk(values, sessions, pw, label_ids, C, session_mask=train_mask)
     estimated = estimate_bn(model._graphs, plain)
     if estimated is not None:
-        final = dict(final, **{_net.BN_MEAN: estimated[0].astype(np.float32),
-                               _net.BN_VAR: estimated[1].astype(np.float32)})
-        model._build(final)
-    bn_mean, bn_var = final[_net.BN_MEAN], final[_net.BN_VAR]
-    tacc, tloss = evaluate_chunks(model._graphs, plain, bn_mean, bn_var)
-    log = {"training_accuracy": round(tacc, 6), "training_log_loss": round(tloss, 6),
-           "validation_accuracy": None, "validation_log_loss": None,
-           "training_iterations": last, "progress": table.history}
-    if valid is not None:
-        vacc, vloss = evaluate_chunks(model._graphs, valid, bn_mean, bn_var)
-        log.update(validation_accuracy=round(vacc, 6), validation_log_loss=round(vloss, 6))
-    return log
+        # Batch norm's statistics go into the same network: the trunk graph that
+        # just ran never reads them, so mxnet has not moved them.
+        _net.set_bn_statistics(model._core, *estimated)
+    # The metrics of the final model are evaluate()'s, per row, measured by the
+    # caller (_model._recorded_metrics), which replaces these Nones.
+    return {"training_accuracy": None, "training_log_loss": None, "validation_accuracy": None,
+            "validation_log_loss": None, "training_iterations": last,
+            "progress": table.history}
 
 
 def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint, progress):
