@@ -65,7 +65,7 @@ import warnings
 import numpy as np
 
 from .. import _training
-from .._mx import get_weights, mx, stored_shapes, structural_params
+from .._mx import get_weights, mx, pack, stored_shapes, structural_params, unpack
 from .._progress import ProgressTable, say
 from . import _data, _net
 
@@ -129,7 +129,12 @@ class _Stats:
 
 
 def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
-    """One shuffled pass of optimizer steps; returns local (correct, loss, weight)."""
+    """One shuffled pass of optimizer steps.
+
+    Returns local ``(correct, loss, weight)`` of every step but the last, and the
+    last step's outputs, not yet read (:func:`_add_step` adds them): the caller
+    prepares the next epoch while mxnet's engine computes that step.
+    """
     nd, autograd = mx().nd, mx().autograd
     n = len(chunks["data"])
     order = rng.permutation(n)
@@ -173,14 +178,14 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
         if pending is not None:
             totals = _add_step(pending, totals, stats)
         pending = outs
-    if pending is not None:
-        totals = _add_step(pending, totals, stats)
-    return totals
+    return totals, pending
 
 
 def _add_step(outs, totals, stats):
     """``totals`` (correct, loss, weight) plus one step's, and its batch-norm statistics
     folded into ``stats``."""
+    if outs is None:
+        return totals
     tot_correct, tot_loss, tot_weight = totals
     s1_all = s2_all = 0.0
     count = 0
@@ -301,9 +306,10 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
                                                resume.arrays_under("optimizer"))
         n_avg = int(extra.get("averaged", 0))
         if n_avg:
-            avg = resume.arrays_under("average")
-            _training.check_names(avg, stored_shapes(core), "running weight average",
+            stored = resume.arrays_under("average")
+            _training.check_names(stored, stored_shapes(core), "running weight average",
                                   resume.path)
+            avg = _on_device(stored, core, run.ctxs[0])
         resume.check_all_used()
         rng = resume.rng()
         first_iteration = int(resume.position["iteration"]) + 1
@@ -318,24 +324,33 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
         table.restore(resume.extra.get("progress"))
     table.start()
     schedule = checkpoint["schedule"] if checkpoint else None
+    upcoming = None
     for it in range(first_iteration, last + 1):
-        chunks = augmented_chunks(values, sessions, label_ids, train_mask, pw, C, rng)
-        correct, loss, weight = _train_epoch(graphs, run, chunks, batch_size, rng, stats)
-        chunks = None       # freed before the next epoch's are cut
+        chunks = upcoming if upcoming is not None else augmented_chunks(
+            values, sessions, label_ids, train_mask, pw, C, rng)
+        totals, pending = _train_epoch(graphs, run, chunks, batch_size, rng, stats)
+        chunks = upcoming = None    # freed before the next epoch's are cut
+        # The next epoch's chunks are cut while the engine computes this epoch's last
+        # step (the random draws keep their order); a checkpoint of this epoch keeps
+        # the random state from before them, where a resumed run continues.
+        position = rng.get_state()
+        if it < last:
+            upcoming = augmented_chunks(values, sessions, label_ids, train_mask, pw, C, rng)
+        correct, loss, weight = _add_step(pending, totals, stats)
         weight = max(weight, 1e-5)
         row = [it, correct / weight, loss / weight]
         if valid is not None:
             row += list(evaluate_chunks(graphs, valid, stats.mean, stats.var, run.ctxs[0]))
         if it - (last - max_iterations) > AVERAGE_FROM * max_iterations:
-            w = get_weights(core, run.ctxs[0])
             n_avg += 1
-            avg = w if avg is None else {k: avg[k] + (w[k] - avg[k]) / n_avg for k in w}
+            avg = _average_in(avg, n_avg, core, run.ctxs[0])
         table.row(*row, f"{table.elapsed():.1f}")
         if schedule is not None and schedule.due(it, final=(it == last)):
-            schedule.write(lambda: _snapshot(model, run, stats, avg, n_avg, rng, it, last,
-                                             checkpoint, table.history))
+            schedule.write(lambda: _snapshot(model, run, stats, avg, n_avg,
+                                             _rng_at(position), it, last, checkpoint,
+                                             table.history))
     table.finish()
-    final = avg if avg is not None else get_weights(core, run.ctxs[0])
+    final = _stored(avg, core) if avg is not None else get_weights(core, run.ctxs[0])
     # A fresh network takes the final weights: copying into parameters that
     # mxnet already reordered for its CPU kernels is unreliable.
     model._build(final)
@@ -352,6 +367,43 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
             "progress": table.history}
 
 
+def _average_in(avg, n_avg, core, ctx):
+    """The running average of the weights (``{structural name: NDArray}``) with the
+    current weights folded in as the ``n_avg``-th.
+
+    Kept on the device as mxnet operations: reading the weights into numpy would
+    wait for the epoch's last update, with the engine idle until the next
+    epoch's first step is prepared. Same float32 arithmetic as numpy's.
+    """
+    params = structural_params(core)
+    if avg is None:
+        return {k: p.data(ctx).copy() for k, p in params.items()}
+    return {k: avg[k] + (params[k].data(ctx) - avg[k]) / n_avg for k in params}
+
+
+def _stored(avg, core):
+    """A running average as stored weights (``{stored name: float32 array}``)."""
+    params = structural_params(core)
+    out = {}
+    for k, a in avg.items():
+        out.update(unpack(k, params[k], a.asnumpy().astype(np.float32)))
+    return out
+
+
+def _on_device(stored, core, ctx):
+    """Stored weights (a checkpoint's running average) as :func:`_average_in` keeps them."""
+    nd = mx().nd
+    return {k: nd.array(pack(k, p, stored), ctx=ctx)
+            for k, p in structural_params(core).items()}
+
+
+def _rng_at(state):
+    """A generator at ``state`` (a checkpoint records where the run continues)."""
+    rng = np.random.RandomState()
+    rng.set_state(state)
+    return rng
+
+
 def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint, progress):
     """Everything a resumed run needs, as keyword arguments of _checkpoint.write."""
     weights = get_weights(model._core, run.ctxs[0])
@@ -360,7 +412,7 @@ def _snapshot(model, run, stats, avg, n_avg, rng, iteration, last, checkpoint, p
     meta, opt = _training.optimizer_arrays(run)
     arrays = {f"optimizer/{k}": v for k, v in opt.items()}
     if avg is not None:
-        arrays.update({f"average/{k}": v for k, v in avg.items()})
+        arrays.update({f"average/{k}": v for k, v in _stored(avg, model._core).items()})
     return dict(task=model._TASK, file_version=model._FILE_VERSION, state=dict(model._state),
                 weights=weights, position={"iteration": iteration, "max_iterations": last},
                 config=checkpoint["config"], data_fingerprint=checkpoint["fingerprint"],
