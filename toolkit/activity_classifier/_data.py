@@ -150,25 +150,40 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
     # Each session's rows are one block of ``values`` and one block of the chunks.
     dst = first_chunk * L
     scale = None if gains is None else np.asarray(gains, np.float32)[idx]
-    if labels is not None or len(values) < _MIN_ROWS_PER_SLICE * max(len(idx), 1):
-        # Where every row comes from and goes to (labels need them anyway).
-        taken = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        step = np.arange(int(lengths.sum()), dtype=np.int64)
-        keep = lengths > 0
-        src = _repeat_runs((starts - taken)[keep], lengths[keep]) + step
-        to = _repeat_runs((dst - taken)[keep], lengths[keep]) + step
+    # Label counts per window (bincounts, no one-hot array); argmax then gives ties
+    # to the first class in sorted order.
+    counts = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        counts = np.zeros(len(data) * WINDOWS_PER_CHUNK * num_classes, np.int64)
     if len(values) >= _MIN_ROWS_PER_SLICE * max(len(idx), 1):
+        # Long sessions: a copy (and a bincount) per session, no index per row.
         for s, (d, a, n) in enumerate(zip(dst.tolist(), starts.tolist(), lengths.tolist())):
             if scale is None:
                 flat[d:d + n] = values[a:a + n]
             else:
                 np.multiply(values[a:a + n], scale[s], out=flat[d:d + n])
+            if counts is not None and n:
+                size = -(-n // pw) * num_classes
+                first = d // pw * num_classes
+                counts[first:first + size] += np.bincount(
+                    np.arange(n) // pw * num_classes + labels[a:a + n], minlength=size)
     else:
+        # Many short sessions: where every row comes from and goes to, in one pass.
+        taken = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        step = np.arange(int(lengths.sum()), dtype=np.int64)
+        keep = lengths > 0
+        src = _repeat_runs((starts - taken)[keep], lengths[keep]) + step
+        to = _repeat_runs((dst - taken)[keep], lengths[keep]) + step
+        del step
         item = np.dtype((np.void, values.itemsize * f))
         np.put(flat.view(item).reshape(-1), to,
                np.ascontiguousarray(values).view(item).reshape(-1)[src])
         if scale is not None:
             data *= scale[np.repeat(np.arange(len(idx)), n_chunks)][:, None, :]
+        if counts is not None:
+            counts += np.bincount((to // pw) * num_classes + labels[src],
+                                  minlength=len(counts))
     within = np.arange(len(data)) - np.repeat(first_chunk, n_chunks)
     windows_left = np.repeat(n_windows, n_chunks) - within * WINDOWS_PER_CHUNK
     out = {
@@ -178,12 +193,7 @@ def chunk(values, sessions, prediction_window, labels=None, num_classes=None, of
         "session": np.repeat(idx, n_chunks),
         "first_window": within * WINDOWS_PER_CHUNK,
     }
-    if labels is not None:
-        # Label counts per window (one bincount, no one-hot array); argmax gives ties
-        # to the first class in sorted order.
-        n_win = len(data) * WINDOWS_PER_CHUNK
-        key = (to // pw) * num_classes + np.asarray(labels)[src]
-        counts = np.bincount(key, minlength=n_win * num_classes)
+    if counts is not None:
         out["labels"] = counts.reshape(len(data), WINDOWS_PER_CHUNK, num_classes) \
             .argmax(axis=2).astype(np.float32)
     return out

@@ -750,29 +750,35 @@ class _Windows:
         """Windows of standardised ``values`` in ``sessions`` order (rows in that order)."""
         pw = model._state["prediction_window"]
         probs = model._network(_data.chunk(values, sessions, pw)["data"])
-        return cls(model, probs, _data.sorted_slots(sessions, pw) // pw, sessions.lengths)
+        windows = _data.sorted_slots(sessions, pw)
+        windows //= pw
+        return cls(model, probs, windows, sessions.lengths)
 
     def predicted(self):
         """Each row's predicted class."""
         classes = np.asarray(self.classes, dtype=object)
         return classes[self.probs.argmax(axis=1)][self.row_windows]
 
-    def metrics(self, prefix, y, metric="auto", rows=None):
-        """``classifier_metrics`` of labels ``y`` of the rows (or of ``rows`` of them)
-        as state entries (``prefix`` given) or, with ``prefix=None``, as it returns them."""
-        windows = self.row_windows if rows is None else self.row_windows[rows]
-        codes, uniques = V.factorize(y if rows is None else y[rows])
-        starts, counts = _runs(windows, codes)
-        m = classifier_metrics(np.asarray(uniques, dtype=object)[codes[starts]],
-                               self.probs[windows[starts]], self.classes, metric, counts)
-        return m if prefix is None else _state_entries(prefix, m)
+    def metrics(self, prefix, y, metric="auto"):
+        """``classifier_metrics`` of the rows' labels ``y`` as state entries (``prefix``
+        given) or, with ``prefix=None``, as it returns them."""
+        codes, uniques = V.factorize(y)
+        return self._of_codes(prefix, codes, uniques, metric, self.row_windows)
 
     def metric_state(self, prefix, label_ids, session_mask):
         """State entries of the rows of the sessions in ``session_mask`` (rows in
         sessions order, ``label_ids`` their classes' positions)."""
-        classes = np.asarray(self.classes, dtype=object)
-        rows = None if session_mask.all() else np.repeat(session_mask, self.session_lengths)
-        return self.metrics(prefix, classes[label_ids], rows=rows)
+        windows = self.row_windows
+        if not session_mask.all():
+            rows = np.repeat(session_mask, self.session_lengths)
+            windows, label_ids = windows[rows], label_ids[rows]
+        return self._of_codes(prefix, label_ids, self.classes, "auto", windows)
+
+    def _of_codes(self, prefix, codes, uniques, metric, windows):
+        starts, counts = _runs(windows, codes)
+        m = classifier_metrics(np.asarray(uniques, dtype=object)[codes[starts]],
+                               self.probs[windows[starts]], self.classes, metric, counts)
+        return m if prefix is None else _state_entries(prefix, m)
 
 
 def _runs(*keys):
