@@ -34,24 +34,6 @@ from ._data import WINDOWS_PER_CHUNK
 
 FILE_VERSION = 2
 _PREDICT_BATCH = 256
-#: Calls of at least this many chunks start with a batch of an eighth of them (see
-#: _batch_bounds); below it the extra network call costs more than it hides.
-_SPLIT_FROM = 32
-
-
-def _batch_bounds(n_chunks):
-    """Where ``predict`` cuts ``n_chunks`` chunks into network batches: ``[0, ..., n]``.
-
-    The first batch is small so that the network starts early and computes it
-    while the host reads, standardises and writes the rows of the next batch
-    (about 1/10 of the network's time per chunk on the watch data, so an eighth
-    of the chunks covers the rest); then batches of ``_PREDICT_BATCH``. Each
-    chunk's probabilities come from that chunk alone, and with mxnet's CPU
-    kernels they are bitwise the same whatever the cut (a test checks it).
-    """
-    first = min(-(-n_chunks // 8), _PREDICT_BATCH) if n_chunks >= _SPLIT_FROM \
-        else _PREDICT_BATCH
-    return [0] + list(range(first, n_chunks, _PREDICT_BATCH)) + [n_chunks]
 #: Scalar metrics stored per prefix ('training_', 'validation_'), besides the frames.
 _SCALAR_METRICS = ("accuracy", "log_loss", "auc", "precision", "recall", "f1_score")
 _FRAME_METRICS = ("confusion_matrix", "roc_curve")
@@ -232,15 +214,18 @@ class ActivityClassifier(Model):
 
         mxnet computes on its own worker thread and ``asnumpy`` waits for it; each
         batch is made and queued before the previous one's result is read, so the
-        host prepares batch i + 1 while the network runs batch i (see
-        :func:`_batch_bounds`). At most two batches' chunks are alive at a time.
+        host prepares batch i + 1 while the network runs batch i. At most two
+        batches' chunks are alive at a time. (A small first batch, to start the
+        network early on inputs of one batch, was measured: no faster on this
+        2-core machine under load, up to 1.15x slower, so the cut stays at
+        ``_PREDICT_BATCH``.)
         """
         if n_chunks == 0:
             return np.zeros((0, WINDOWS_PER_CHUNK, len(self._state["classes"])))
         nd = mx().nd
         out = pending = None
-        bounds = _batch_bounds(n_chunks)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        for start in range(0, n_chunks, _PREDICT_BATCH):
+            stop = min(start + _PREDICT_BATCH, n_chunks)
             # Zero-copy: mxnet reads the chunks in place (and marks them read-only).
             x = nd.from_numpy(np.ascontiguousarray(make(start, stop), np.float32))
             h, c = self._zero_states(stop - start)
