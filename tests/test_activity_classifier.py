@@ -182,6 +182,77 @@ def test_every_output_equals_the_network_on_plain_chunks(tiny_model, watch_small
     assert r["accuracy"] == pytest.approx((classes[per_row.argmax(1)] == labels).mean())
 
 
+@pytest.mark.parametrize("batch", [16, 7])
+@pytest.mark.parametrize("make", [lambda f: f, _interleaved, _returning_session],
+                         ids=["grouped", "shuffled", "session-returns"])
+def test_batches_prepared_while_the_network_runs_equal_one_network_call(
+        tiny_model, watch_small, monkeypatch, batch, make):
+    """predict cuts the chunks into batches of _PREDICT_BATCH (the last one partial) and
+    reads, standardises and writes a batch's rows while the network runs the one
+    before, sessions cut between batches: the probabilities and the per-row outputs
+    are bitwise those of one network call on all the chunks."""
+    from toolkit._mx import mx
+    from toolkit.activity_classifier import _data, _model, _net
+    monkeypatch.setattr(_model, "_PREDICT_BATCH", batch)
+    frame, m = make(watch_small), tiny_model
+    values, sessions = m._read(frame)
+    ch = _data.chunk_rows(values, sessions, m.prediction_window)
+    n = len(ch["data"])
+    assert n > 2 * batch and n % batch != 0       # several batches, the last one partial
+    h, c = _net.zero_states(n)
+    whole = m._pred(mx().nd.array(ch["data"]), h, c)[0].asnumpy()
+    probs, table, _ = m._input_probs(frame)
+    assert probs.dtype == whole.dtype and probs.tobytes() == whole.tobytes()
+    for key in ("weights", "session", "first_window", "rows"):
+        assert (key in table) == (key in ch), key
+        if key in ch:
+            np.testing.assert_array_equal(table[key], ch[key], err_msg=key)
+    per_row = _data.to_rows(whole.reshape(-1, whole.shape[2]), ch, sessions,
+                            m.prediction_window)
+    got = m.predict(frame, output_type="probability_vector")
+    assert np.stack(got).tobytes() == per_row.tobytes()
+    classes = np.asarray(m.classes, dtype=object)
+    got = m.predict(frame)
+    assert got.dtype == object and (got.to_numpy() == classes[per_row.argmax(1)]).all()
+
+
+def test_bad_values_in_a_later_batch_give_the_error_of_all_values_read_first(
+        tiny_model, watch_small, monkeypatch):
+    """The features are read batch by batch; a NaN in the last rows (read after the
+    first batches were queued) and a missing session id still give the errors they
+    gave when every value was checked before the network ran, in the same order."""
+    from toolkit import _validate as V
+    from toolkit.activity_classifier import _model
+    monkeypatch.setattr(_model, "_PREDICT_BATCH", 7)
+    frame = watch_small.copy()
+    frame.loc[frame.index[-1], "wz"] = np.nan
+    with pytest.raises(DataError) as expected:
+        V.numeric_features(frame, WATCH_FEATURES)
+    assert "'wz'" in str(expected.value)
+    with pytest.raises(DataError, match=re.escape(str(expected.value))):
+        tiny_model.predict(frame)
+    frame["session_id"] = frame["session_id"].astype(object)
+    frame.loc[frame.index[0], "session_id"] = None
+    with pytest.raises(DataError, match=re.escape(str(expected.value))):
+        tiny_model.predict(frame)          # the feature error first, as before
+    frame.loc[frame.index[-1], "wz"] = 0.5
+    with pytest.raises(DataError, match="ession"):
+        tiny_model.predict(frame)
+
+
+@pytest.mark.parametrize("rows", [slice(None), slice(3, 9), np.array([8, 0, 5, 5])])
+def test_feature_reader_blocks_are_the_rows_of_the_whole_read(rows):
+    from toolkit.activity_classifier import _data
+    rng = np.random.RandomState(1)
+    frame = pd.DataFrame({"a": rng.standard_normal(10) * 5, "b": rng.randint(-9, 9, 10),
+                          "c": pd.array(rng.randint(0, 5, 10), dtype="Int64"),
+                          "d": rng.standard_normal(10).astype(np.float32)})
+    reader = _data.FeatureReader(frame, ["d", "c", "a", "b"], [1, 2, 3, 4], [0.5, 2, 3, 7])
+    whole = _data.standardised_features(frame, ["d", "c", "a", "b"], [1, 2, 3, 4],
+                                        [0.5, 2, 3, 7])
+    assert reader.read(rows).tobytes() == whole[rows].tobytes()
+
+
 def test_chunks_of_unsorted_rows_equal_chunks_of_sorted_rows():
     """chunk_rows (rows scattered straight into chunks) cuts exactly what chunk cuts from
     the rows sorted by session, and says where each input row went."""

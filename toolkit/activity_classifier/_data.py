@@ -76,35 +76,65 @@ class Sessions:
         return len(self.lengths)
 
 
-def standardised_features(dataset, features, mean, std, name="dataset"):
-    """``(values - mean) / std`` in float32 of the feature columns, as an (n, F) array.
+class FeatureReader:
+    """The feature columns, standardised to float32 on demand, a block of rows at a time.
 
-    Equal to standardising :func:`toolkit._validate.numeric_features`' array in place
-    (``float32(x) - float32(mean)``, then ``/ float32(std)``, elementwise) and refuses
-    the same inputs with the same errors, but reads each column once: the float32
-    arithmetic runs on one contiguous column at a time and a single sum of the
-    result stands in for the per-column checks. NaN or inf in the input (also a value
-    beyond float32's range, which becomes inf) makes that sum non-finite; only then
-    does ``numeric_features`` run to say which column and row. It raises nothing when
-    finite input only overflowed in the sum or in the standardisation, which was
-    accepted before too.
+    ``read(rows)`` equals standardising :func:`toolkit._validate.numeric_features`'
+    array in place (``float32(x) - float32(mean)``, then ``/ float32(std)``,
+    elementwise) for those rows, and refuses the same inputs with the same errors,
+    but reads each column once: the float32 arithmetic runs on one contiguous column
+    at a time and a single sum of the block stands in for the per-column checks.
+    NaN or inf in the input (also a value beyond float32's range, which becomes inf)
+    makes that sum non-finite; only then does ``numeric_features`` run, over the
+    whole dataset, to say which column and row (the same error whichever block
+    found it). It raises nothing when finite input only overflowed in the sum or in
+    the standardisation, which was accepted before too.
+
+    The column dtypes are checked on creation. Reading block by block lets
+    ``predict`` standardise the rows of one batch of chunks while the network
+    computes the previous batch, and never holds all the rows standardised at once.
     """
-    columns = V.numeric_columns(dataset, features)
-    n = len(dataset)
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    values = np.empty((n, len(columns)), np.float32)
-    scratch = np.empty(n, np.float32)
-    with np.errstate(all="ignore"):     # NaN and inf are judged by the check below
-        for j, series in enumerate(columns):
-            column = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            np.subtract(column, mean[j], out=scratch, dtype=np.float32)
-            np.divide(scratch, std[j], out=scratch)
-            values[:, j] = scratch
-        finite = n == 0 or np.isfinite(values.sum())
-    if not finite:
-        V.numeric_features(dataset, features, name)
-    return values
+
+    def __init__(self, dataset, features, mean, std, name="dataset"):
+        self._dataset, self._features, self._name = dataset, features, name
+        self._columns = []
+        for series in V.numeric_columns(dataset, features):
+            # numpy-backed columns are indexed in place (no float64 copy of an int
+            # column); extension arrays (nullable, Arrow) convert per block as
+            # ``Series.to_numpy`` converts them.
+            plain = isinstance(series.dtype, np.dtype)
+            self._columns.append((plain, series.to_numpy() if plain else series.array))
+        self._mean = np.asarray(mean, np.float32)
+        self._std = np.asarray(std, np.float32)
+        self._checked = False
+
+    def read(self, rows=slice(None)):
+        """``(len(rows), F)`` float32: the standardised features of input rows ``rows``
+        (a slice or an index array)."""
+        n = len(range(len(self._dataset))[rows]) if isinstance(rows, slice) else len(rows)
+        values = np.empty((n, len(self._columns)), np.float32)
+        scratch = np.empty(n, np.float32)
+        with np.errstate(all="ignore"):     # NaN and inf are judged by the check below
+            for j, (plain, column) in enumerate(self._columns):
+                block = column[rows]
+                block = np.asarray(block, np.float64) if plain \
+                    else block.to_numpy(dtype=np.float64, na_value=np.nan)
+                np.subtract(block, self._mean[j], out=scratch, dtype=np.float32)
+                np.divide(scratch, self._std[j], out=scratch)
+                values[:, j] = scratch
+            finite = n == 0 or np.isfinite(values.sum())
+        if not finite and not self._checked:
+            V.numeric_features(self._dataset, self._features, self._name)
+            # Passed: no value anywhere is NaN, inf or too large; later blocks whose
+            # sums overflow need no second look.
+            self._checked = True
+        return values
+
+
+def standardised_features(dataset, features, mean, std, name="dataset"):
+    """``(values - mean) / std`` in float32 of the feature columns, as an (n, F) array
+    (every row of :class:`FeatureReader`)."""
+    return FeatureReader(dataset, features, mean, std, name).read()
 
 
 def chunk(values, sessions, prediction_window, labels=None, num_classes=None, offsets=None,
@@ -238,6 +268,83 @@ def _repeat_runs(values, lengths):
 _MIN_ROWS_PER_SLICE = 512
 
 
+class ChunkPlan:
+    """Where each input row goes in the inference chunks, decided before any value is
+    read, so the chunks can be filled a batch at a time (:meth:`fill`).
+
+    Attributes
+    ----------
+    n_chunks : int
+    table : dict
+        :func:`chunk`'s ``weights``, ``session`` and ``first_window`` and, unless the
+        rows are grouped by session and copied a session at a time, ``rows``
+        (n_rows,): where each input row goes in the flat ``(n_chunks * 20 * pw, F)``
+        chunks. :func:`to_rows` maps per-window results back to the input rows
+        with it.
+    """
+
+    def __init__(self, sessions, prediction_window):
+        pw = prediction_window
+        L = pw * WINDOWS_PER_CHUNK
+        n_chunks, first_chunk = _chunk_counts(sessions, pw)
+        self.sessions, self._L, self._first_chunk = sessions, L, first_chunk
+        self.n_chunks = int(n_chunks.sum())
+        within = np.arange(self.n_chunks) - np.repeat(first_chunk, n_chunks)
+        windows_left = np.repeat(-(-sessions.lengths // pw), n_chunks) \
+            - within * WINDOWS_PER_CHUNK
+        self.table = {
+            "weights": (np.arange(WINDOWS_PER_CHUNK)[None, :] < windows_left[:, None])
+            .astype(np.float32),
+            "session": np.repeat(np.arange(len(sessions)), n_chunks),
+            "first_window": within * WINDOWS_PER_CHUNK,
+        }
+        n = int(sessions.lengths.sum())
+        # Rows of chunk i are the rows bounds[i]:bounds[i + 1] in sessions order: a
+        # batch of chunks needs one range of them.
+        self._bounds = np.append(np.repeat(sessions.starts, n_chunks) + within * L, n)
+        # Each session's rows are one block of the input and one block of the chunks:
+        # a copy per session, no index per row, when sessions are long enough.
+        self._by_slice = sessions.grouped and n >= _MIN_ROWS_PER_SLICE * len(sessions)
+        if not self._by_slice:
+            rows = sorted_slots(sessions, pw)
+            if not sessions.grouped:
+                in_order = np.empty_like(rows)
+                in_order[sessions.order] = rows
+                rows = in_order
+            self.table["rows"] = rows
+
+    def fill(self, read, start, stop):
+        """Chunks ``start:stop``, ``(stop - start, 20 * pw, F)`` float32, zero-padded.
+
+        ``read(rows)`` gives the (standardised float32) feature rows of input rows
+        ``rows``, a slice or an index array.
+        """
+        s, L = self.sessions, self._L
+        lo, hi = int(self._bounds[start]), int(self._bounds[stop])
+        values = read(slice(lo, hi) if s.grouped else s.order[lo:hi])
+        f = values.shape[1]
+        data = np.zeros((stop - start, L, f), np.float32)
+        flat = data.reshape(-1, f)
+        if self._by_slice:
+            first = int(np.searchsorted(s.starts, lo, side="right")) - 1
+            last = int(np.searchsorted(s.starts, hi, side="left"))
+            for begin, n, chunk0 in zip(s.starts[first:last].tolist(),
+                                        s.lengths[first:last].tolist(),
+                                        self._first_chunk[first:last].tolist()):
+                a, b = max(begin, lo), min(begin + n, hi)
+                dst = (chunk0 - start) * L + a - begin
+                flat[dst:dst + b - a] = values[a - lo:b - lo]
+        else:
+            rows = self.table["rows"]
+            slots = (rows[lo:hi] if s.grouped else rows[s.order[lo:hi]]) - start * L
+            # Each row moved as one opaque item: numpy's fancy assignment of (F,) float
+            # rows loops per element and took 3x as long.
+            item = np.dtype((np.void, values.itemsize * f))
+            np.put(flat.view(item).reshape(-1), slots,
+                   np.ascontiguousarray(values).view(item).reshape(-1))
+        return data
+
+
 def chunk_rows(values, sessions, prediction_window):
     """Inference chunks of rows in input order, cut without sorting the rows.
 
@@ -253,45 +360,12 @@ def chunk_rows(values, sessions, prediction_window):
 
     Returns
     -------
-    dict with :func:`chunk`'s ``data``, ``weights``, ``session`` and ``first_window``,
-    and, unless the rows were grouped by session and copied a session at a time,
-    ``rows`` (n_rows,): where each input row went in ``data.reshape(-1, F)``.
-    :func:`to_rows` maps per-window results back to the input rows either way.
+    dict with :func:`chunk`'s ``data``, and :attr:`ChunkPlan.table`'s entries.
     """
-    pw = prediction_window
-    L = pw * WINDOWS_PER_CHUNK
-    n_chunks, first_chunk = _chunk_counts(sessions, pw)
     values = np.ascontiguousarray(values, np.float32)
-    f = values.shape[1]
-    data = np.zeros((int(n_chunks.sum()), L, f), np.float32)
-    flat = data.reshape(-1, f)
-    out = {}
-    if sessions.grouped and len(values) >= _MIN_ROWS_PER_SLICE * len(sessions):
-        # Each session's rows are one block of the input and one block of the chunks:
-        # a copy per session, no index per row.
-        for dst, src, n in zip((first_chunk * L).tolist(), sessions.starts.tolist(),
-                               sessions.lengths.tolist()):
-            flat[dst:dst + n] = values[src:src + n]
-    else:
-        rows = sorted_slots(sessions, pw)
-        if not sessions.grouped:
-            in_order = np.empty_like(rows)
-            in_order[sessions.order] = rows
-            rows = in_order
-        # Each row moved as one opaque item: numpy's fancy assignment of (F,) float rows
-        # loops per element and took 3x as long.
-        item = np.dtype((np.void, values.itemsize * f))
-        np.put(flat.view(item).reshape(-1), rows, values.view(item).reshape(-1))
-        out["rows"] = rows
-    within = np.arange(len(data)) - np.repeat(first_chunk, n_chunks)
-    windows_left = np.repeat(-(-sessions.lengths // pw), n_chunks) - within * WINDOWS_PER_CHUNK
-    out.update({
-        "data": data,
-        "weights": (np.arange(WINDOWS_PER_CHUNK)[None, :] < windows_left[:, None])
-        .astype(np.float32),
-        "session": np.repeat(np.arange(len(sessions)), n_chunks),
-        "first_window": within * WINDOWS_PER_CHUNK,
-    })
+    plan = ChunkPlan(sessions, prediction_window)
+    out = dict(plan.table)
+    out["data"] = plan.fill(lambda rows: values[rows], 0, plan.n_chunks)
     return out
 
 

@@ -174,16 +174,28 @@ class ActivityClassifier(Model):
         return sections
 
     # --- data -----------------------------------------------------------
-    def _read(self, dataset, name="dataset", need_target=False):
-        """Standardised float32 features in input row order, and the Sessions."""
+    def _reader(self, dataset, name="dataset", need_target=False):
+        """A :class:`_data.FeatureReader` of the features (standardised on demand), and
+        the Sessions."""
         s = self._state
         V.check_dataframe(dataset, name)
         cols = [s["session_id"]] + s["features"] + ([s["target"]] if need_target else [])
         V.check_columns_exist(dataset, cols, "the model's columns", name)
-        values = _data.standardised_features(dataset, s["features"], s["feature_mean"],
-                                             s["feature_std"], name)
-        sessions = _data.Sessions(V.check_session_ids(dataset, s["session_id"], name))
-        return values, sessions
+        reader = _data.FeatureReader(dataset, s["features"], s["feature_mean"],
+                                     s["feature_std"], name)
+        try:
+            ids = V.check_session_ids(dataset, s["session_id"], name)
+        except DataError:
+            # The features' values are read later, batch by batch; their errors came
+            # first when all were read up front, and still do.
+            V.numeric_features(dataset, s["features"], name)
+            raise
+        return reader, _data.Sessions(ids)
+
+    def _read(self, dataset, name="dataset", need_target=False):
+        """Standardised float32 features in input row order, and the Sessions."""
+        reader, sessions = self._reader(dataset, name, need_target)
+        return reader.read(), sessions
 
     def _prepare(self, dataset, name="dataset", need_target=False):
         """Standardised float32 features in ``sessions`` order, and the Sessions."""
@@ -194,30 +206,66 @@ class ActivityClassifier(Model):
 
     def _network(self, data):
         """The prediction network's probabilities (n_chunks, 20, C) of chunk data."""
-        nd = mx().nd
-        out = []
-        for i in range(0, len(data), _PREDICT_BATCH):
-            # Zero-copy: mxnet reads the chunks in place (and marks them read-only).
-            x = nd.from_numpy(np.ascontiguousarray(data[i:i + _PREDICT_BATCH], np.float32))
-            h, c = _net.zero_states(x.shape[0])
-            probs, _, _ = self._pred(x, h, c)
-            out.append(probs.asnumpy())
-        if not out:
+        return self._run_batches(len(data), lambda start, stop: data[start:stop])
+
+    def _run_batches(self, n_chunks, make):
+        """The prediction network's probabilities (n_chunks, 20, C) of the chunks that
+        ``make(start, stop)`` gives, ``_PREDICT_BATCH`` at a time.
+
+        mxnet computes on its own worker thread and ``asnumpy`` waits for it; each
+        batch is made and queued before the previous one's result is read, so the
+        host prepares batch i + 1 while the network runs batch i. At most two
+        batches' chunks are alive at a time. (A small first batch, to start the
+        network early on inputs of one batch, was measured: no faster on this
+        2-core machine under load, up to 1.15x slower, so the cut stays at
+        ``_PREDICT_BATCH``.)
+        """
+        if n_chunks == 0:
             return np.zeros((0, WINDOWS_PER_CHUNK, len(self._state["classes"])))
-        return np.concatenate(out) if len(out) > 1 else out[0]
+        nd = mx().nd
+        out = pending = None
+        for start in range(0, n_chunks, _PREDICT_BATCH):
+            stop = min(start + _PREDICT_BATCH, n_chunks)
+            # Zero-copy: mxnet reads the chunks in place (and marks them read-only).
+            x = nd.from_numpy(np.ascontiguousarray(make(start, stop), np.float32))
+            h, c = self._zero_states(stop - start)
+            probs, _, _ = self._pred(x, h, c)
+            if pending is not None:
+                if out is None:
+                    out = np.empty((n_chunks,) + probs.shape[1:], np.float32)
+                out[pending[0]:pending[1]] = pending[2].asnumpy()
+            pending = (start, stop, probs)
+        if out is None:
+            return pending[2].asnumpy()
+        out[pending[0]:pending[1]] = pending[2].asnumpy()
+        return out
+
+    def _zero_states(self, batch):
+        """The LSTM's zero start states for ``batch`` chunks, made once per size.
+
+        The network only reads them, so every call can share them; making them
+        (two mxnet calls) took about 2% of a ``predict`` call on the watch data.
+        """
+        cache = self.__dict__.setdefault("_zeros", {})
+        states = cache.get(batch)
+        if states is None:
+            if len(cache) >= 4:         # the full batch and a few last partial ones
+                cache.clear()
+            states = cache[batch] = _net.zero_states(batch)
+        return states
 
     def _input_probs(self, dataset, name="dataset"):
         """``(probabilities (n_chunks, 20, C), chunk table, Sessions)`` of a DataFrame.
 
-        The rows are written straight into the chunks (no sorted copy of the
-        features); :meth:`_to_rows` maps per-window results back to the input rows.
+        Each batch's rows are read, standardised and written straight into its
+        chunks (no sorted copy of the features) while the network runs the batch
+        before; :meth:`_to_rows` maps per-window results back to the input rows.
         """
-        values, sessions = self._read(dataset, name)
-        ch = _data.chunk_rows(values, sessions, self._state["prediction_window"])
-        del values
-        probs = self._network(ch["data"])
-        del ch["data"]
-        return probs, ch, sessions
+        reader, sessions = self._reader(dataset, name)
+        plan = _data.ChunkPlan(sessions, self._state["prediction_window"])
+        probs = self._run_batches(plan.n_chunks,
+                                  lambda start, stop: plan.fill(reader.read, start, stop))
+        return probs, plan.table, sessions
 
     def _to_rows(self, window_values, ch, sessions):
         """Each input row's entry of a per-window array (``probs.reshape(-1, C)`` order)."""
@@ -283,8 +331,9 @@ class ActivityClassifier(Model):
             if output_type == "class":
                 # argmax and the class once per window, then spread to the rows.
                 labels = classes[probs.argmax(axis=2).reshape(-1)]
+                # dtype given: pandas would otherwise scan every object for dates.
                 return pd.Series(self._to_rows(labels, ch, sessions), index=dataset.index,
-                                 name="class")
+                                 name="class", dtype=object)
             per_row = self._to_rows(probs.reshape(-1, probs.shape[2]), ch, sessions)
             return pd.Series(list(per_row), index=dataset.index, name="probability_vector")
         frame, flat = self._per_window_frame(dataset, (probs, ch, sessions))
