@@ -100,7 +100,7 @@ def main(argv=None):
         inputs = (nd.array(data), h, c, nd.array(labels), nd.array(weights),
                   nd.array(keep_in), nd.array(keep_out), peers.BN_GROUP)
         with autograd.record():
-            nll, _, _, _ = graphs.loss(*inputs)
+            nll, _ = graphs.loss_only(*inputs)
             loss = nll.sum() / float(weights.sum())
         loss.backward()
         trainer.step(1)

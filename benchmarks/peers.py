@@ -207,7 +207,9 @@ class Activity:
                 idx = order[i:i + BATCH]
                 inputs = self._gluon_inputs(idx, rng, True)
                 with autograd.record():
-                    nll, _, _, _ = graphs.loss(*inputs)
+                    # The graph create() trains with when it keeps no validation set
+                    # or checkpoint (no running batch-norm statistics), as here.
+                    nll, _ = graphs.loss_only(*inputs)
                     loss = nll.sum() / max(float(self.chunks["weights"][idx].sum()), 1e-5)
                 loss.backward()
                 trainer.step(1)
@@ -256,7 +258,7 @@ class Activity:
         from toolkit._mx import get_weights
         net = torch_net(len(self.features), len(self.classes), get_weights(core))
         idx = self.np.arange(min(BATCH, len(self.chunks["data"])))
-        nll, _, _, _ = graphs.loss(*self._gluon_inputs(idx, None, False))
+        nll, _ = graphs.loss_only(*self._gluon_inputs(idx, None, False))
         ours = float(nll.sum().asscalar()) / float(self.chunks["weights"][idx].sum())
         x, y, w, groups, _, _ = self._torch_batch(idx, None, False)
         with torch.no_grad():

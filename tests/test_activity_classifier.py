@@ -651,3 +651,37 @@ def test_training_loss_normalises_each_group_with_its_own_statistics(hybridize):
     np.testing.assert_allclose(nll.asnumpy(), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(s1.asnumpy(), z.sum(axis=(0, 1)), rtol=1e-5)
     np.testing.assert_allclose(s2.asnumpy(), (z ** 2).sum(axis=(0, 1)), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Parameter .* is not used by any computation")
+def test_loss_graph_without_statistics_gives_the_same_loss_and_gradients():
+    """Training without validation or checkpoints runs ``loss_only`` (no batch-norm
+    sums): per-window loss, correctness and every weight's gradient are the full
+    loss graph's, bitwise, with a short last group too."""
+    from toolkit._mx import mx, set_weights, stored_shapes, structural_params
+    from toolkit.activity_classifier import _net
+    nd, autograd = mx().nd, mx().autograd
+    n, T, pw, features, classes = 21, 20, 5, 3, 4
+    core, _, graphs = _net.build(features, classes, pw)
+    rng = np.random.RandomState(1)
+    set_weights(core, {name: rng.normal(0, 0.3, shape).astype(np.float32)
+                       for name, shape in stored_shapes(core).items()})
+    graphs.hybridize()
+    h, c = _net.zero_states(n)
+    inputs = (nd.array(rng.normal(size=(n, T * pw, features))), h, c,
+              nd.array(rng.randint(0, classes, (n, T))), nd.array(rng.rand(n, T) > 0.2),
+              nd.array((rng.rand(n, T, _net.CONV_FILTERS) > 0.2) / 0.8),
+              nd.array((rng.rand(n, T, _net.DENSE_HIDDEN) > 0.5) / 0.5), 8)
+    params = structural_params(core)
+    results = []
+    for graph in (graphs.loss, graphs.loss_only):
+        with autograd.record():
+            out = graph(*inputs)
+            total = out[0].sum()
+        total.backward()
+        results.append([a.asnumpy() for a in out[:2]]
+                       + [p.grad().asnumpy().copy() for p in params.values()
+                          if p.grad_req != "null"])
+    assert len(results[0]) == len(results[1]) > 2
+    for full, only in zip(*results):
+        np.testing.assert_array_equal(only, full)

@@ -54,20 +54,24 @@ def build(num_features, num_classes, prediction_window, ctx=None):
     core = _graphs.ActivityCore(num_features, num_classes, prediction_window, prefix="activity_")
     core.initialize(mx().init.Xavier(), ctx=ctx or mx().cpu())
     return core, _graphs.PredictionGraph(core), Graphs(
-        _graphs.LossGraph(core), _graphs.EvalGraph(core), _graphs.TrunkGraph(core))
+        _graphs.LossGraph(core), _graphs.LossGraph(core, statistics=False),
+        _graphs.EvalGraph(core), _graphs.TrunkGraph(core))
 
 
 class Graphs:
-    """The training-side graphs over one core: ``loss``, ``eval``, ``trunk``."""
+    """The training-side graphs over one core: ``loss`` (which also returns the
+    sums for batch norm's running statistics), ``loss_only`` (which does not),
+    ``eval``, ``trunk``."""
 
-    def __init__(self, loss, eval_, trunk):
-        self.loss, self.eval, self.trunk = loss, eval_, trunk
+    def __init__(self, loss, loss_only, eval_, trunk):
+        self.loss, self.loss_only, self.eval, self.trunk = loss, loss_only, eval_, trunk
 
     def hybridize(self):
-        # The loss graph runs every training step with the same shapes: memory
+        # The loss graphs run every training step with the same shapes: memory
         # planned once (static_alloc/static_shape) made a step 0.93x as long,
         # measured side by side. The others run once per epoch or at the end.
-        self.loss.hybridize(static_alloc=True, static_shape=True)
+        for g in (self.loss, self.loss_only):
+            g.hybridize(static_alloc=True, static_shape=True)
         for g in (self.eval, self.trunk):
             g.hybridize()
 

@@ -133,9 +133,11 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
 
     Returns local ``(correct, loss, weight)`` of every step but the last, and the
     last step's outputs, not yet read (:func:`_add_step` adds them): the caller
-    prepares the next epoch while mxnet's engine computes that step.
+    prepares the next epoch while mxnet's engine computes that step. ``stats``:
+    the running batch-norm statistics to update, or None to keep none.
     """
     nd, autograd = mx().nd, mx().autograd
+    loss = graphs.loss if stats is not None else graphs.loss_only
     n = len(chunks["data"])
     order = rng.permutation(n)
     totals = (0.0, 0.0, 0.0)
@@ -164,12 +166,11 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
                     w = np.zeros((1, _T), np.float32)
                     mi, mo = mask_in[:1], mask_out[:1]
                 h, c = _net.zero_states(len(data), ctx)
-                nll, correct, s1, s2 = graphs.loss(
-                    nd.array(data, ctx=ctx), h, c, nd.array(lab, ctx=ctx),
-                    nd.array(w, ctx=ctx), nd.array(mi, ctx=ctx), nd.array(mo, ctx=ctx),
-                    BN_GROUP)
-                heads.append(nll.sum() / wsum)
-                outs.append((nll, correct, s1, s2, float(w.sum()), len(data) if groups else 0))
+                out = loss(nd.array(data, ctx=ctx), h, c, nd.array(lab, ctx=ctx),
+                           nd.array(w, ctx=ctx), nd.array(mi, ctx=ctx), nd.array(mo, ctx=ctx),
+                           BN_GROUP)
+                heads.append(out[0].sum() / wsum)
+                outs.append((out, float(w.sum()), len(data) if groups else 0))
         autograd.backward(heads)
         run.trainer.step(1)
         # The previous step's metrics are read only now, after this step is queued:
@@ -189,15 +190,16 @@ def _add_step(outs, totals, stats):
     tot_correct, tot_loss, tot_weight = totals
     s1_all = s2_all = 0.0
     count = 0
-    for nll, correct, s1, s2, wl, nl in outs:
-        tot_loss += float(nll.sum().asscalar())
-        tot_correct += float(correct.sum().asscalar())
+    for out, wl, nl in outs:
+        tot_loss += float(out[0].sum().asscalar())
+        tot_correct += float(out[1].sum().asscalar())
         tot_weight += wl
-        if nl:
-            s1_all = s1_all + s1.asnumpy().astype(np.float64)
-            s2_all = s2_all + s2.asnumpy().astype(np.float64)
+        if nl and stats is not None:
+            s1_all = s1_all + out[2].asnumpy().astype(np.float64)
+            s2_all = s2_all + out[3].asnumpy().astype(np.float64)
             count += nl * _T
-    stats.update(s1_all, s2_all, count)
+    if stats is not None:
+        stats.update(s1_all, s2_all, count)
     return tot_correct, tot_loss, tot_weight
 
 
@@ -296,8 +298,12 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     core.dense0.bias.grad_req = "null"
     params = {k: p for k, p in structural_params(core).items() if p.grad_req != "null"}
     run = _training.setup(core, "adam", {"learning_rate": LEARNING_RATE}, params=params)
+    # Running batch-norm statistics serve the validation after each epoch and the
+    # checkpoints (a checkpoint loads as a model); the final model's are estimated
+    # at the end. Without either, training keeps none (a cheaper loss graph).
     stats = _Stats(core.bn.running_mean.data(run.ctxs[0]).asnumpy(),
-                   core.bn.running_var.data(run.ctxs[0]).asnumpy())
+                   core.bn.running_var.data(run.ctxs[0]).asnumpy()) \
+        if valid is not None or checkpoint is not None else None
     last = first_iteration + max_iterations - 1
     avg, n_avg = None, 0
     if resume is not None:
