@@ -2,7 +2,8 @@
 
 Rows (activity classifier, seglearn watch data: train subjects 1-6, infer on 7-10):
 
-* training, windows/s: ``create()`` (validation off, ``--epochs`` epochs, batch 32
+* training, windows/s: ``create()`` (validation off, ``--epochs`` epochs (``auto``:
+  the number ``create()`` picks by default for this data, 240), batch 32
   chunks, Adam) vs a bare Gluon loop over the toolkit's own training graph (chunks
   prepared once, no augmentation, no metrics) vs a hand-written PyTorch loop over the
   same network (same initial weights copied in; dropout 0.2/0.5, batch norm over
@@ -24,6 +25,7 @@ and the ``data`` extra (seglearn, for the watch data). Usage::
 
     python benchmarks/peers.py                     # 1 thread, 5 rounds
     python benchmarks/peers.py --rounds 7 --epochs 20 --threads 2
+    python benchmarks/peers.py --skip inference --epochs auto --rounds 3
 """
 
 import argparse
@@ -39,7 +41,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=10, help="training epochs per timed run")
+    p.add_argument("--epochs", default="10",
+                   help="training epochs per timed run, or 'auto' (create()'s default)")
     p.add_argument("--skip", default="", help="comma-separated: training,inference")
     return p.parse_args(argv)
 
@@ -137,6 +140,12 @@ class Activity:
         self.np, self.tc, self.args = np, tc, args
         watch = tc.datasets.watch_sessions()
         self.train = watch[watch["subject"] <= 6].drop(columns="subject")
+        if args.epochs == "auto":
+            from toolkit.activity_classifier import _train
+            lengths = self.train.groupby("session_id").size().to_numpy()
+            chunks = int((-(-(-(-lengths // PW)) // T)).sum())
+            args.epochs = _train.auto_iterations(chunks, BATCH)
+        args.epochs = int(args.epochs)
         self.test = watch[watch["subject"] > 6].drop(columns="subject")
         self.features = [c for c in self.train.columns if c not in ("session_id", "exercise")]
         # create() once first: mxnet's one-off start-up is then outside every timing.
@@ -340,10 +349,10 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=r"Parameter .* is not used by any computation")
     skip = set(filter(None, args.skip.split(",")))
     load = os.getloadavg()
+    act = Activity(args)
     print(f"threads {args.threads}, rounds {args.rounds}, epochs {args.epochs}; "
           f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} cores\n")
-    act = Activity(args)
     rows = []
     if "training" not in skip:
         print(f"loss check: |PyTorch - toolkit| = {act.check_training():.2e}")

@@ -169,8 +169,12 @@ def _train_epoch(graphs, run, chunks, batch_size, rng, stats):
                 out = loss(nd.array(data, ctx=ctx), h, c, nd.array(lab, ctx=ctx),
                            nd.array(w, ctx=ctx), nd.array(mi, ctx=ctx), nd.array(mo, ctx=ctx),
                            BN_GROUP)
-                heads.append(out[0].sum() / wsum)
-                outs.append((out, float(w.sum()), len(data) if groups else 0))
+                # The sums read later are made now: an operation made when reading
+                # would queue behind this step's backward pass and wait for it.
+                loss_sum = out[0].sum()
+                heads.append(loss_sum / wsum)
+                outs.append(((loss_sum, out[1].sum()) + tuple(out[2:]), float(w.sum()),
+                             len(data) if groups else 0))
         autograd.backward(heads)
         run.trainer.step(1)
         # The previous step's metrics are read only now, after this step is queued:
@@ -191,8 +195,8 @@ def _add_step(outs, totals, stats):
     s1_all = s2_all = 0.0
     count = 0
     for out, wl, nl in outs:
-        tot_loss += float(out[0].sum().asscalar())
-        tot_correct += float(out[1].sum().asscalar())
+        tot_loss += float(out[0].asscalar())
+        tot_correct += float(out[1].asscalar())
         tot_weight += wl
         if nl and stats is not None:
             s1_all = s1_all + out[2].asnumpy().astype(np.float64)
