@@ -3,7 +3,7 @@
 Rows (activity classifier, seglearn watch data: train subjects 1-6, infer on 7-10):
 
 * training, windows/s: ``create()`` (validation off, ``--epochs`` epochs (``auto``:
-  the number ``create()`` picks by default for this data, 240), batch 32
+  the number ``create()`` picks by default for this data, 180), batch 32
   chunks, Adam) vs a bare Gluon loop over the toolkit's own training graph (chunks
   prepared once, no augmentation, no metrics) vs a hand-written PyTorch loop over the
   same network (same initial weights copied in; dropout 0.2/0.5, batch norm over

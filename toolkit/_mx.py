@@ -93,8 +93,10 @@ def pack_pieces(param, pieces):
     """
     size = sum(int(np.prod(shape)) for _, shape in pieces)
     if tuple(param.shape) != (size,):
-        raise ValueError(f"{param.name}: shape {param.shape} does not hold pieces of "
-                         f"{size} values")
+        raise WeightsMismatchError(
+            f"Parameter {param.name} has shape {param.shape}, but its pieces "
+            f"{[s for s, _ in pieces]} hold {size} values: the network's code is "
+            "inconsistent (a bug in the toolkit; please report it).")
     setattr(param, _PIECES, tuple((suffix, tuple(shape)) for suffix, shape in pieces))
 
 
