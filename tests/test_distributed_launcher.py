@@ -446,8 +446,14 @@ def test_a_hung_job_is_reported_while_it_runs(tmp_path):
     assert _processes_with(env["TOOLKIT_LAUNCHER_TEST"]) == []
 
 
+# The caller starts with SIGTERM and SIGHUP at their default action, as a script started
+# from a shell does: run under nohup (or by a job runner that ignores SIGHUP), the test's
+# own process would pass SIGHUP on ignored, and launch() rightly leaves an ignored signal
+# alone.
 LIBRARY_CALLER = """
-import sys
+import signal, sys
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_DFL)
 from toolkit.distributed import launch
 launch([sys.executable] + sys.argv[1:], num_workers=2, timeout=600, verbose=False)
 """
