@@ -611,6 +611,51 @@ def test_weight_name_constants_are_the_networks_structural_names():
     assert sorted(get_weights(core)) == sorted(_net.WEIGHT_NAMES)
 
 
+def test_packed_lstm_computes_what_gluons_lstm_computes_with_the_stored_arrays():
+    """The LSTM holds mxnet's flat RNN vector; stored as Gluon's four arrays, those arrays
+    in Gluon's own rnn.LSTM give the same outputs, final states and input gradient (so
+    files written before the packing load into the same function), and a seed gives
+    Gluon's initial weights."""
+    from toolkit._mx import get_weights, mx, set_weights
+    from toolkit.activity_classifier import _graphs, _net
+    nd, autograd, gluon = mx().nd, mx().autograd, mx().gluon
+    mx().random.seed(3)
+    packed = _graphs.PackedLSTM(_net.LSTM_HIDDEN, 7)
+    packed.initialize(mx().init.Xavier())
+    mx().random.seed(3)
+    reference = gluon.rnn.LSTM(_net.LSTM_HIDDEN, layout="NTC", input_size=7)
+    reference.initialize(mx().init.Xavier())
+    stored = get_weights(packed)
+    assert sorted(stored) == sorted(get_weights(reference))
+    for name, value in get_weights(reference).items():       # same initial weights
+        np.testing.assert_array_equal(stored[name], value)
+    rng = np.random.RandomState(0)
+    weights = {k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in stored.items()}
+    fresh = _graphs.PackedLSTM(_net.LSTM_HIDDEN, 7)
+    fresh.initialize()
+    set_weights(fresh, weights)
+    set_weights(reference, weights)
+    x = nd.array(rng.normal(size=(5, 9, 7)))
+    h, c = nd.array(rng.normal(size=(1, 5, _net.LSTM_HIDDEN))), \
+        nd.array(rng.normal(size=(1, 5, _net.LSTM_HIDDEN)))
+    results = []
+    for block, call in ((fresh, lambda v: fresh(v, h, c)),
+                        (reference, lambda v: (lambda y, s: (y, s[0], s[1]))(
+                            *reference(v, [h, c])))):
+        v = x.copy()
+        v.attach_grad()
+        with autograd.record():
+            y, h_out, c_out = call(v)
+            total = (y * y).sum() + h_out.sum() + c_out.sum()
+        total.backward()
+        results.append([a.asnumpy() for a in (y, h_out, c_out, v.grad)])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert get_weights(fresh).keys() == weights.keys()
+    for name, value in get_weights(fresh).items():
+        np.testing.assert_array_equal(value, weights[name])
+
+
 # The loss graph reads neither the stored running statistics nor the top layer's
 # prediction path: mxnet says so on hybridizing, as it does (silenced) during training.
 @pytest.mark.filterwarnings("ignore:Parameter .* is not used by any computation")

@@ -279,3 +279,41 @@ def test_image_classifier_on_two_devices_equals_one(two_cpus):
     np.testing.assert_allclose(
         np.stack(two.predict(test, output_type="probability_vector")),
         np.stack(one.predict(test, output_type="probability_vector")), rtol=0, atol=1e-5)
+
+
+def _lstm_optimizer_run():
+    """A one-step Adam run over the activity network, whose LSTM packs four stored arrays
+    in one parameter."""
+    from toolkit import _training
+    from toolkit._mx import mx
+    from toolkit.activity_classifier import _net
+    core, _, _ = _net.build(3, 4, 5)
+    run = _training.setup(core, "adam", {"learning_rate": 1e-3}, use_cluster=False)
+    with mx().autograd.record():
+        total = sum((p.data() ** 2).sum() for p in core.collect_params().values()
+                    if p.grad_req != "null")
+    total.backward()
+    run.trainer.step(1)
+    return run
+
+
+def test_packed_optimizer_state_is_stored_per_array_and_restored_whole():
+    """Adam's moments of the packed LSTM vector go into checkpoints under the four stored
+    arrays' names (as before the packing) and come back into one vector; a checkpoint
+    missing one of them is refused with the name, not a KeyError."""
+    from toolkit import _training
+    from toolkit.errors import CheckpointError
+    meta, arrays = _training.optimizer_arrays(_lstm_optimizer_run())
+    names = {k.rsplit("/", 1)[0] for k in arrays}
+    assert {"lstm.l0_i2h_weight", "lstm.l0_h2h_weight", "lstm.l0_i2h_bias",
+            "lstm.l0_h2h_bias"} <= names and not any("packed" in n for n in names)
+    assert arrays["lstm.l0_h2h_weight/1"].shape == (800, 200)
+    fresh = _lstm_optimizer_run()
+    assert _training.restore_optimizer(fresh, meta, arrays)
+    meta2, arrays2 = _training.optimizer_arrays(fresh)
+    assert meta2 == meta and arrays2.keys() == arrays.keys()
+    for k in arrays:
+        np.testing.assert_array_equal(arrays2[k], arrays[k])
+    broken = {k: v for k, v in arrays.items() if k != "lstm.l0_h2h_bias/1"}
+    with pytest.raises(CheckpointError, match="lstm.l0_h2h_bias/1"):
+        _training.restore_optimizer(_lstm_optimizer_run(), meta, broken)
