@@ -364,7 +364,7 @@ def _fit(model, values, sessions, label_ids, train_mask, valid, max_iterations, 
     # A fresh network takes the final weights: copying into parameters that
     # mxnet already reordered for its CPU kernels is unreliable.
     model._build(final)
-    plain = _data.chunk(values, sessions, pw, label_ids, C, session_mask=train_mask)
+    plain = _data.chunk(values, sessions, pw, session_mask=train_mask)
     estimated = estimate_bn(model._graphs, plain)
     if estimated is not None:
         # Batch norm's statistics go into the same network: the trunk graph that
