@@ -57,9 +57,12 @@ np.save(out, np.stack(model.predict(test, output_type="probability_vector").to_n
 """
 
 
+# Killed before the weight averaging of the second half starts, and during it (the
+# running average is restored from the checkpoint onto the device).
 @pytest.mark.slow
-def test_activity_classifier_killed_and_resumed_equals_uninterrupted(tmp_path):
-    check_resumed_equals_uninterrupted(AC_SCRIPT, tmp_path, kill_at=4, iterations=20)
+@pytest.mark.parametrize("kill_at", [4, 14])
+def test_activity_classifier_killed_and_resumed_equals_uninterrupted(tmp_path, kill_at):
+    check_resumed_equals_uninterrupted(AC_SCRIPT, tmp_path, kill_at=kill_at, iterations=20)
 
 
 @pytest.mark.slow
