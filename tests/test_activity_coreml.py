@@ -14,16 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _optional import require
 import toolkit as tc
 from toolkit.errors import ExportError, InvalidParameterError
 
-if os.environ.get("CI"):
-    # CI installs the checker (scripts/setup_env.sh): there, a missing piece is a failure.
-    import coremltools, onnxmltools, onnxruntime  # noqa: F401,E401
-else:
-    pytest.importorskip("coremltools", reason="the Core ML check needs coremltools")
-    pytest.importorskip("onnxmltools", reason="the Core ML check needs onnxmltools==1.11.2")
-    pytest.importorskip("onnxruntime", reason="the Core ML check needs onnxruntime")
+require(("coremltools", "the Core ML check needs coremltools"),
+        ("onnxmltools", "the Core ML check needs onnxmltools==1.11.2"),
+        ("onnxruntime", "the Core ML check needs onnxruntime"))
 
 from coreml_check import CoreMLRunner, UnsupportedForCheck, load_spec, run_coreml  # noqa: E402
 

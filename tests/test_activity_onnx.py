@@ -15,15 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _optional import require
 import toolkit as tc
 from toolkit.errors import ExportError, InvalidParameterError
 
-if os.environ.get("CI"):
-    # CI installs onnx and onnxruntime (the 'test' extra): a missing one is a failure.
-    import onnx, onnxruntime  # noqa: F401,E401
-else:
-    pytest.importorskip("onnx", reason="the ONNX export needs onnx")
-    pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime")
+require(("onnx", "the ONNX export needs onnx"),
+        ("onnxruntime", "the ONNX check needs onnxruntime"))
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402

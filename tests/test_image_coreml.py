@@ -7,20 +7,17 @@ asymmetric padding mirrored) must not match, so the check can be trusted.
 """
 
 import copy
-import os
 
 import numpy as np
 import pytest
 
 import _image_data as D
+from _optional import require
 from toolkit.errors import ExportError, InvalidParameterError
 
-if os.environ.get("CI"):
-    import coremltools, onnxmltools, onnxruntime  # noqa: F401,E401
-else:
-    pytest.importorskip("coremltools", reason="the Core ML check needs coremltools")
-    pytest.importorskip("onnxmltools", reason="the Core ML check needs onnxmltools==1.11.2")
-    pytest.importorskip("onnxruntime", reason="the Core ML check needs onnxruntime")
+require(("coremltools", "the Core ML check needs coremltools"),
+        ("onnxmltools", "the Core ML check needs onnxmltools==1.11.2"),
+        ("onnxruntime", "the Core ML check needs onnxruntime"))
 
 from coreml_check import CoreMLRunner, load_spec  # noqa: E402
 

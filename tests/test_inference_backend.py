@@ -10,7 +10,6 @@ deliberately wrong graph, the thread setting, and that ``import toolkit`` does
 not import onnxruntime.
 """
 
-import os
 import subprocess
 import sys
 import warnings
@@ -19,18 +18,13 @@ import numpy as np
 import pytest
 
 import _image_data as D
+from _optional import require
 import toolkit as tc
 from toolkit import _ort
 from toolkit.errors import BackendNotAvailableError, InvalidParameterError, ToolkitWarning
 
-if os.environ.get("CI"):
-    # CI installs onnx and onnxruntime (the 'test' extra): a missing one is a failure.
-    import importlib
-    for _name in ("onnx", "onnxruntime"):
-        importlib.import_module(_name)
-else:
-    pytest.importorskip("onnx", reason="the onnxruntime backend needs onnx")
-    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime")
+require(("onnx", "the onnxruntime backend needs onnx"),
+        ("onnxruntime", "the onnxruntime backend needs onnxruntime"))
 
 #: The export tests' tolerances: probabilities and confidences absolute, box
 #: coordinates as a fraction of the image size.

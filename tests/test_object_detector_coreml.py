@@ -11,21 +11,18 @@ match.
 """
 
 import copy
-import os
 
 import numpy as np
 import pytest
 
+from _optional import require
 import toolkit as tc
 from toolkit.errors import ExportError, InvalidParameterError
 from toolkit.object_detector import _detection
 
-if os.environ.get("CI"):
-    import coremltools, onnxmltools, onnxruntime  # noqa: F401,E401
-else:
-    pytest.importorskip("coremltools", reason="the Core ML check needs coremltools")
-    pytest.importorskip("onnxmltools", reason="the Core ML check needs onnxmltools==1.11.2")
-    pytest.importorskip("onnxruntime", reason="the Core ML check needs onnxruntime")
+require(("coremltools", "the Core ML check needs coremltools"),
+        ("onnxmltools", "the Core ML check needs onnxmltools==1.11.2"),
+        ("onnxruntime", "the Core ML check needs onnxruntime"))
 
 from coreml_check import CoreMLRunner, load_spec  # noqa: E402
 

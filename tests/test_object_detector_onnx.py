@@ -23,18 +23,13 @@ import sys
 import numpy as np
 import pytest
 
+from _optional import require
 import toolkit as tc
 from toolkit.errors import ExportError, InvalidParameterError
 from toolkit.object_detector import _detection
 
-if os.environ.get("CI"):
-    # CI installs onnx and onnxruntime (the 'test' extra): a missing one is a failure.
-    import importlib
-    for _name in ("onnx", "onnxruntime"):
-        importlib.import_module(_name)
-else:
-    pytest.importorskip("onnx", reason="the ONNX export needs onnx")
-    pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime")
+require(("onnx", "the ONNX export needs onnx"),
+        ("onnxruntime", "the ONNX check needs onnxruntime"))
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
